@@ -1,0 +1,1 @@
+"""b2l command line: the one entry point, ``b2l``."""

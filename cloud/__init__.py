@@ -1,0 +1,1 @@
+"""b2l cloud: ingestion, twins, history, commands, passports, access control."""

@@ -1,0 +1,1 @@
+"""b2l HIL benches: wire simulators, edge runtimes and the cloud together (nothing imports hil)."""

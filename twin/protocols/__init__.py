@@ -1,0 +1,1 @@
+"""Wire protocols shared by both ends: CAN (DBC), Pillar 1 serial frames, MQTT topics."""
