@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from b2l.cell_estimate_cmd import add_estimate
-from twin.errors import B2LError
+from b2l.files import read_text, write_atomically
 
 
 def register(subparsers: Any) -> None:
@@ -72,7 +72,7 @@ def _identify(args: argparse.Namespace) -> int:
         data_source=f"{ocv_path.name} (OCV) and {pulse_path.name} (HPPC)",
         progress=_progress,
     )
-    _write_atomically(output, params.to_json() + "\n")
+    write_atomically(output, params.to_json() + "\n")
     fit = params.fit or {}
     print(
         f"{output}: capacity {params.capacity_ah:.4f} Ah, {fit.get('n_pulses')} pulses, "
@@ -85,23 +85,9 @@ def _identify(args: argparse.Namespace) -> int:
 def _read_log(path: Path) -> Any:
     from twin.lab_data import cell_log, parse_csv
 
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise B2LError(f"cannot read {path}: {exc}") from None
-    log = cell_log(parse_csv(text, source=str(path)), source=str(path))
+    log = cell_log(parse_csv(read_text(path), source=str(path)), source=str(path))
     _progress(f"{path}: {len(log)} rows, {(log.time_s[-1] - log.time_s[0]) / 3600:.2f} h")
     return log
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise B2LError(f"cannot write {path}: {exc}") from None
 
 
 def _progress(message: str) -> None:

@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from b2l.files import read_text, write_atomically
+
 SETTLE_S = 900.0
 """Errors against ``soc_true`` are scored after the first 15 minutes (time to converge)."""
 COLUMNS = ("time_s", "soc", "soc_std", "voltage_pred_v")
@@ -51,30 +53,21 @@ def _fraction(text: str) -> float:
     return value
 
 
-def _read_text(path: Path) -> str:
-    from twin.errors import B2LError
-
-    try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise B2LError(f"cannot read {path}: {exc}") from exc
-
-
 def _estimate(args: argparse.Namespace) -> int:
     import numpy as np
     from pydantic import ValidationError
 
     from twin.cell_model import CellModel
     from twin.cell_params import CellParameters
-    from twin.errors import B2LError, TwinValidationError
+    from twin.errors import TwinValidationError
     from twin.estimation import SocEstimator
     from twin.lab_data import cell_log, parse_csv
 
     try:
-        params = CellParameters.model_validate_json(_read_text(args.params))
+        params = CellParameters.model_validate_json(read_text(args.params))
     except ValidationError as exc:
         raise TwinValidationError(f"{args.params}: not a cell parameter file: {exc}") from exc
-    log = cell_log(parse_csv(_read_text(args.input), source=str(args.input)), str(args.input))
+    log = cell_log(parse_csv(read_text(args.input), source=str(args.input)), str(args.input))
 
     estimator = SocEstimator(CellModel(params))
     i, v, t = log.current_a, log.voltage_v, log.temperature_c
@@ -97,13 +90,7 @@ def _estimate(args: argparse.Namespace) -> int:
         f"{ts:.10g},{s:.6f},{sd:.6f},{vp:.6f}"
         for ts, s, sd, vp in zip(log.time_s.tolist(), soc, soc_std, v_pred, strict=True)
     ]
-    tmp = args.output.with_name(args.output.name + ".tmp")
-    try:
-        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        tmp.replace(args.output)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise B2LError(f"cannot write {args.output}: {exc}") from exc
+    write_atomically(args.output, "\n".join(lines) + "\n")
 
     summary: dict[str, Any] = {
         "output": str(args.output),

@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from b2l.files import read_text, write_atomically
+
 PROGRESS_EVERY_S = 2.0
 PROFILE_RESOLUTION_S = 60.0
 PROFILE_MAX_DAYS = 366
@@ -152,7 +154,7 @@ def _fleet(args: argparse.Namespace) -> int:
             "age_spread_years": args.age_spread,
             "replaced_fraction": args.replaced,
         }
-        _write_atomically(args.output, json.dumps(document, indent=2) + "\n")
+        write_atomically(args.output, json.dumps(document, indent=2) + "\n")
     return 0
 
 
@@ -169,7 +171,7 @@ def _cell_parameters(name: str) -> Any:
         known = ", ".join(builtin_parameter_sets())
         raise TwinValidationError(f"no parameter set {name!r}: give one of {known} or a .json")
     try:
-        return CellParameters.model_validate_json(_read_text(path))
+        return CellParameters.model_validate_json(read_text(path))
     except ValidationError as exc:
         raise TwinValidationError(f"{path}: not a cell parameter file: {exc}") from None
 
@@ -185,7 +187,7 @@ def _ageing_parameters(name: str | None, chemistry: str) -> Any:
     if not name.endswith(".json"):
         return ageing_parameters_for(name)
     try:
-        return AgeingParameters.model_validate_json(_read_text(Path(name)))
+        return AgeingParameters.model_validate_json(read_text(Path(name)))
     except ValidationError as exc:
         raise TwinValidationError(f"{name}: not an ageing parameter file: {exc}") from None
 
@@ -204,28 +206,7 @@ def _profile(name: str, days: float, dt_s: float, seed: int, capacity_ah: float)
     if name == "industrial":
         return industrial_load_levelling(span, resolution, seed, capacity_ah)
     path = Path(name)
-    return csv_profile(_read_text(path), source=str(path))
-
-
-def _read_text(path: Path) -> str:
-    from twin.errors import B2LError
-
-    try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise B2LError(f"cannot read {path}: {exc}") from None
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    from twin.errors import B2LError
-
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise B2LError(f"cannot write {path}: {exc}") from None
+    return csv_profile(read_text(path), source=str(path))
 
 
 def _say(message: str) -> None:
