@@ -1,44 +1,47 @@
-"""State-of-charge estimation: an extended Kalman filter on the ECM, vectorised over cells.
+"""State-of-charge estimation: a Kalman filter on the ECM, vectorised over any number of cells.
 
-State per cell (``states`` names the rows)::
+State per cell (``EkfState.states`` names the rows)::
 
-    x = [soc, v_rc_0 .. v_rc_{k-1}, (hysteresis_v), (bias_a)]
+    x = [soc, v_rc_0 .. v_rc_{k-1}, (hysteresis_v), (ocv_error_v), (bias_a)]
 
-``hysteresis_v`` is a state when the parameter set has hysteresis; ``bias_a`` (the offset of the
-current sensor, ``i_measured = i_true + bias``) when ``EkfConfig.include_bias`` (default). The
-process and measurement functions are ``CellModel.step`` and ``CellModel.terminal_voltage`` fed
-with the bias-corrected current; their Jacobians are::
+Process model: ``CellModel.step`` fed with the bias-corrected current ``i_measured - bias``; the
+OCV error decays with SoC throughput, the bias is a random walk. Its Jacobian is
+``F = diag(1, a_k, b, phi, 1)`` plus the bias column ``[-eta dt / Q, -R_k (1 - a_k), 0, 0, 1]``.
+Measurement: ``CellModel.terminal_voltage + ocv_error_v``; everything but the OCV is linear in x
+(``dV/dv_rc = dV/dh = dV/de = 1``, ``dV/dbias = -R0``).
 
-    F = diag(1, a_0 .. a_{k-1}, b, 1) + column(bias) = [-eta dt / Q, -R_k (1 - a_k), 0, 0]
-    H = [dOCV/dSoC, 1 .. 1, 1, -R0]
+Design choices, all for robustness against a real cell (an electrochemical model's data fitted
+with 10-20 mV of ECM mismatch) rather than against the filter's own model:
 
-Sampling convention (as in ``CellModel`` and the lab logs): the current sampled at one instant
-flows until the next sample. ``update`` first predicts over ``dt_s`` with the *previous* sample's
-current and temperature (held in the state), then corrects with the new voltage, measured while
-the new current flows. ``dt_s = 0`` (the first sample) corrects only.
+* **Current-sensor offset: a bias state** (prior ``bias_std_c`` = 1 % of 1C, slow random walk).
+  A 0.5 %-of-1C offset drifts a coulomb counter by 12 % a day. A SoC random walk large enough to
+  follow that drift would throw away good coulomb counting; the bias state instead learns the
+  offset wherever the OCV has slope, and on a flat LFP plateau its uncertainty feeds the SoC
+  covariance, which then grows linearly with time, as the real error does.
+* **OCV error state** (``ocv_error_std_v`` 10 mV, decorrelating over 30 % of SoC throughput):
+  an OCV table identified from a C/20 test is off by a few mV, slowly along SoC. As a state, such
+  an error cannot masquerade as SoC, and on a plateau (slope ~0.05 V per unit SoC: 10 mV = 20 %
+  SoC) the filter keeps counting coulombs instead of chasing the voltage.
+* **Correlated measurement error**: ``voltage_noise_v`` (15 mV) is mostly model mismatch, which is
+  correlated in time; per sample its variance is ``voltage_noise_v**2 * (1 + 2 corr / dt)``, so the
+  information per hour is that of independent samples every ``2 * corr`` (60 s) whatever the
+  sampling rate, and a 1 Hz log cannot average the mismatch away into overconfidence.
+* **Statistical linearisation of the OCV**: the slope is Cov(soc, OCV) / Var(soc) over the current
+  SoC uncertainty (3-point Gauss-Hermite), and the variance the line misses is added to R; a
+  second pass re-linearises around the updated SoC (iterated posterior linearisation). A wrong
+  start near a knee (0.1 when the truth is 0.6) or on an LFP plateau therefore neither overshoots
+  nor collapses the covariance; with a small std it is the local ``dOCV/dSoC``.
+* Noise is given per unit of time (``*_per_sqrt_h``), so 1 Hz and 0.1 Hz logs behave alike.
 
-Noise is specified per unit of time, so the filter behaves the same at 1 Hz or 0.1 Hz:
-
-* process noise: random walks of SoC, RC voltages, hysteresis and bias (``*_per_sqrt_h`` /
-  ``*_per_sqrt_s``), added as ``q**2 * dt`` to the diagonal;
-* measurement noise: ``voltage_noise_v`` is the error of model + sensor, which is mostly model
-  mismatch (10-20 mV against an electrochemical cell) and therefore correlated in time. Treating
-  it as white noise at every sample would let a 1 Hz log "average it away" and make the SoC
-  overconfident, worst on a flat LFP plateau. So the variance per sample is inflated to
-  ``voltage_noise_v**2 * (1 + 2 * voltage_error_correlation_s / dt)``: the information per hour
-  is that of independent samples every ``2 * correlation`` seconds, whatever the sampling rate.
-
-Current-sensor offset: the bias is a state (random walk, prior ``bias_std_c`` of 1C). A constant
-offset of 0.5 % of 1C drifts a coulomb counter by 12 % a day; the augmented filter estimates it
-wherever the OCV has slope, and where it has none (LFP plateau) its prior uncertainty feeds the
-SoC covariance, which then grows linearly in time, as the truth does. A SoC random walk alone
-would either lag behind the drift (small noise) or throw away good coulomb counting (large noise).
-
-SoC is clamped to 0..1 after each step; its standard deviation is capped at ``max_soc_std``
-(rows and columns of P scaled together, so P stays positive semi-definite). A non-finite voltage
-skips the correction of that cell (a sensor dropout); a non-finite current or temperature is an
-error. Same inputs give the same outputs, bit for bit; ``EkfState`` round-trips through JSON
-exactly, so the cloud twin can persist the filter and resume it.
+Sampling convention (as in ``CellModel`` and the lab logs): a sampled current flows until the next
+sample. ``update`` predicts over ``dt_s`` with the previous sample's current and temperature (held
+in the state), then corrects with the new voltage, measured while the new current flows;
+``dt_s = 0`` (the first sample) only corrects. SoC is clamped to 0..1 and its std capped at
+``max_soc_std``. A NaN voltage skips the correction of that cell (sensor dropout); a non-finite
+current or temperature is an error. P is propagated entry by entry on its upper triangle (arrays
+of the cells' size stay in cache) and is symmetric bit for bit. Same inputs give the same outputs,
+bit for bit, and ``EkfState`` round-trips through JSON exactly, so the cloud twin can persist the
+filter and resume it.
 """
 
 from __future__ import annotations
@@ -56,11 +59,9 @@ from twin.errors import TwinValidationError
 STATE_KIND = "b2l.soc_ekf_state"
 STATE_VERSION = 1
 SOC, HYSTERESIS, OCV_ERROR, BIAS = "soc", "hysteresis_v", "ocv_error_v", "bias_a"
-# 5-point Gauss-Hermite rule for the standard normal (nodes, weights)
-_GH_NODES = np.array([-2.8569700138728056, -1.3556261799742659, 0.0, 1.3556261799742659,
-                      2.8569700138728056])  # fmt: skip
-_GH_WEIGHTS = np.array([0.011257411327720691, 0.22207592200561266, 0.5333333333333333,
-                        0.22207592200561266, 0.011257411327720691])  # fmt: skip
+# 3-point Gauss-Hermite rule for the standard normal (the unscented transform in 1-D)
+_GH_NODES = np.array([-math.sqrt(3.0), 0.0, math.sqrt(3.0)])
+_GH_WEIGHTS = np.array([1.0 / 6.0, 2.0 / 3.0, 1.0 / 6.0])
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +86,7 @@ class EkfConfig:
     """Prior std of the current offset, as a fraction of 1C (A per Ah of capacity)."""
     bias_noise_c_per_sqrt_h: float = 0.001
     initial_soc_std: float = 0.3
-    iterations: int = 3
+    iterations: int = 2
     """Gauss-Newton iterations of the correction (iterated EKF): 1 is the plain EKF."""
     min_slope_span_soc: float = 0.005
     """dOCV/dSoC is the secant over +-max(std, this) of the SoC (statistical linearisation)."""
@@ -202,7 +203,10 @@ class EkfState:
 
 
 class SocEstimator:
-    """Extended Kalman filter for SoC on a ``CellModel``; every array has the cells' shape."""
+    """Kalman filter for SoC on a ``CellModel``; arrays have the cells' shape (e.g. packs x cells).
+
+    ``initial`` (or ``initial_from_voltage``) makes a state, ``update`` advances it by one sample.
+    """
 
     def __init__(self, model: CellModel, config: EkfConfig | None = None) -> None:
         self.model = model
@@ -233,6 +237,8 @@ class SocEstimator:
             q_per_s.append((c.bias_noise_c_per_sqrt_h * params.capacity_ah / 60.0) ** 2)
         self._q_per_s = np.array(q_per_s)
         self._diag = np.arange(self.n_states)
+        self._upper = [(i, j) for i in range(self.n_states) for j in range(i, self.n_states)]
+        self._bias_coupled = frozenset(range(1 + self.n_rc))  # rows of F's bias column != 0
         # tables for the Jacobians (the model's own interpolation is an implementation detail)
         self._soc_grid = np.asarray(params.soc_grid)
         self._r0_table = np.asarray(params.r0_ohm)
@@ -319,7 +325,7 @@ class SocEstimator:
             raise TwinValidationError(f"voltage_v does not fit the cells' shape {shape}") from None
         if not (math.isfinite(dt_s) and dt_s >= 0.0):
             raise TwinValidationError(f"dt_s must be finite and >= 0, got {dt_s}")
-        x, p = (state.x, state.p) if dt_s == 0.0 else self._predict(state, dt_s)
+        x, p = (state.x, state.p.copy()) if dt_s == 0.0 else self._predict(state, dt_s)
         return self._correct(x, p, current, voltage, temperature, dt_s)
 
     # -- internals ------------------------------------------------------------------------------
@@ -374,54 +380,46 @@ class SocEstimator:
             e = self._i_e
             phi = np.exp(np.abs(x_new[0] - x[0]) * (-1.0 / self.config.ocv_error_correlation_soc))
             d[e] = phi
-            x_new[e] = phi * x[e]
-        # P' = F P F^T + Q, written so that P' is symmetric bit for bit:
-        # F P F^T = (d d^T) * P + c v^T + v c^T,  v = d * P[bias] + P[bias, bias] / 2 * c
-        p = (d[:, None] * d[None, :]) * state.p
-        if self._i_b >= 0:
-            b = self._i_b
-            x_new[b] = x[b]
-            v = d * state.p[b] + (0.5 * state.p[b, b]) * c
-            a = c[:, None] * v[None, :]
-            p += a + a.swapaxes(0, 1)
-        p[self._diag, self._diag] += self._q_per_s.reshape(-1, *([1] * (p.ndim - 2))) * dt_s
+        q = [q_i * dt_s for q_i in self._q_per_s]
         if self.has_ocv_error:
-            p[e, e] += self.config.ocv_error_std_v**2 * (1.0 - phi * phi)
+            x_new[e] = phi * x[e]
+            q[e] = q[e] + self.config.ocv_error_std_v**2 * (1.0 - phi * phi)
+        # P' = F P F^T + Q = (d d^T) * P + c v^T + v c^T + Q,  v = d P[bias] + P[bias, bias] c / 2
+        # (c = 0 without a bias state), entry by entry on the upper triangle and mirrored: small
+        # arrays stay in cache, and P' is symmetric bit for bit.
+        p_old = state.p
+        p = np.empty_like(p_old)
+        b = self._i_b
+        if b >= 0:
+            x_new[b] = x[b]
+            v = d * p_old[b] + (0.5 * p_old[b, b]) * c
+        for i, j in self._upper:
+            entry = (d[i] * d[j]) * p_old[i, j]
+            if b >= 0 and (i in self._bias_coupled or j in self._bias_coupled):
+                entry += c[i] * v[j] + v[i] * c[j]
+            if i == j:
+                entry += q[i]
+            p[i, j] = entry
+            p[j, i] = entry
         return x_new, p
 
-    def _measure(
-        self,
-        x: FloatArray,
-        soc_var: FloatArray,
-        current_a: FloatArray,
-        temperature_c: FloatArray,
+    def _ocv_statistics(
+        self, soc: FloatArray, soc_var: FloatArray, temperature_c: FloatArray
     ) -> tuple[FloatArray, FloatArray, FloatArray]:
-        """Linearised measurement at ``x``: mean voltage, H, and the linearisation variance.
+        """Mean, slope and residual variance of the OCV over N(soc, soc_var).
 
-        The OCV is linearised statistically over N(soc, soc_var) by Gauss-Hermite quadrature
-        (slope = Cov(soc, OCV) / Var(soc)); what the line misses is added to R. The rest of the
-        model (R0 i, RC, hysteresis, OCV error, bias) is linear at ``x``.
+        Statistical linearisation by 3-point Gauss-Hermite quadrature: slope = Cov(soc, OCV) /
+        Var(soc); the variance the line misses is added to R, so a knee near a wide estimate
+        does not make the filter overconfident. A small std gives the local slope.
         """
-        model = self.model
-        current = self._true_current(x, current_a)
-        ocv_mean = model.ocv(x[0], temperature_c)
-        v: FloatArray = model.terminal_voltage(self._cell_state(x, temperature_c), current)
         std = np.maximum(np.sqrt(soc_var), self.config.min_slope_span_soc)
-        nodes = np.clip(x[0] + std * _GH_NODES.reshape(-1, *([1] * x[0].ndim)), 0.0, 1.0)
-        ocv = model.ocv(nodes, temperature_c)
-        mean = np.einsum("j,j...->...", _GH_WEIGHTS, ocv)
-        slope = np.einsum("j,j...->...", _GH_WEIGHTS * _GH_NODES, ocv) / std
+        nodes = np.clip(soc + std * _GH_NODES.reshape(-1, *([1] * soc.ndim)), 0.0, 1.0)
+        ocv = self.model.ocv(nodes, temperature_c)
+        mean: FloatArray = np.einsum("j,j...->...", _GH_WEIGHTS, ocv)
+        slope: FloatArray = np.einsum("j,j...->...", _GH_WEIGHTS * _GH_NODES, ocv) / std
         spread = np.einsum("j,j...->...", _GH_WEIGHTS, (ocv - mean) ** 2)
-        residual_var = np.maximum(spread - (slope * std) ** 2, 0.0)
-        v = v - ocv_mean + mean
-        if self.has_ocv_error:
-            v = v + x[self._i_e]
-        h = np.ones_like(x)
-        h[0] = slope
-        if self._i_b >= 0:
-            r0 = self._interp(x[0], self._r0_table) * model.resistance_factor(temperature_c)
-            h[self._i_b] = -r0
-        return v, h, residual_var
+        residual_var: FloatArray = np.maximum(spread - (slope * std) ** 2, 0.0)
+        return mean, slope, residual_var
 
     def _interp(self, soc: FloatArray, table: FloatArray) -> FloatArray:
         out: FloatArray = np.interp(soc, self._soc_grid, table)
@@ -436,30 +434,48 @@ class SocEstimator:
         temperature_c: FloatArray,
         dt_s: float,
     ) -> EkfState:
-        c = self.config
+        c, model = self.config, self.model
         inflation = 1.0 + 2.0 * c.voltage_error_correlation_s / dt_s if dt_s > 0.0 else 1.0
         r = c.voltage_noise_v**2 * inflation
         valid = np.isfinite(voltage_v)
         all_valid = bool(np.all(valid))
-        prior, xi, soc_var = x, x, p[0, 0]
-        for iteration in range(c.iterations):  # iterated posterior linearisation
-            v_i, h, linearisation_var = self._measure(xi, soc_var, current_a, temperature_c)
+
+        # V = OCV(soc) + rest, with rest (R0 i, RC, hysteresis, OCV error, bias) linear in x
+        current = self._true_current(x, current_a)
+        v_model = model.terminal_voltage(self._cell_state(x, temperature_c), current)
+        rest = v_model - model.ocv(x[0], temperature_c)
+        if self.has_ocv_error:
+            rest = rest + x[self._i_e]
+        h = np.ones_like(x)
+        if self._i_b >= 0:
+            r0 = self._interp(x[0], self._r0_table) * model.resistance_factor(temperature_c)
+            h[self._i_b] = -r0
+        ph_rest = np.zeros_like(x)  # P H^T without the SoC column, row by row (cache-sized)
+        for i in range(self.n_states):
+            for j in range(1, self.n_states):
+                ph_rest[i] += p[i, j] * h[j]
+        # iterated posterior linearisation: re-linearise the OCV around the updated SoC
+        soc, soc_var = x[0], p[0, 0]
+        for iteration in range(c.iterations):
+            mean, slope, linearisation_var = self._ocv_statistics(soc, soc_var, temperature_c)
             if iteration == 0:
-                v_pred = v_i
-                innovation = voltage_v - v_i
-            else:
-                innovation = voltage_v - v_i - np.einsum("i...,i...->...", h, prior - xi)
-            ph = np.einsum("ij...,j...->i...", p, h)  # P H^T
+                v_pred = mean + rest
+            innovation = voltage_v - mean - rest - slope * (x[0] - soc)
+            h[0] = slope
+            ph = ph_rest + p[:, 0] * slope
             s = np.einsum("i...,i...->...", h, ph) + (r + linearisation_var)
             if not all_valid:  # a missing voltage: no correction for that cell
                 innovation = np.where(valid, innovation, 0.0)
                 ph = np.where(valid, ph, 0.0)
-            xi = prior + ph * (innovation / s)
-            xi[0] = np.clip(xi[0], 0.0, 1.0)
-            soc_var = p[0, 0] - ph[0] * ph[0] / s
-        x = xi
+            gain = ph / s
+            soc = np.clip(x[0] + gain[0] * innovation, 0.0, 1.0)
+            soc_var = p[0, 0] - gain[0] * ph[0]
+        x = x + gain * innovation
+        x[0] = soc
         w = ph / np.sqrt(s)
-        p = p - w[:, None] * w[None, :]  # P - P H^T H P / S, symmetric bit for bit
+        for i, j in self._upper:  # P -= P H^T H P / S in place (p is ours), symmetric bit for bit
+            p[i, j] -= w[i] * w[j]
+            p[j, i] = p[i, j]
         # cap the SoC std: scale row and column 0 alike (a congruence keeps P positive)
         var_cap = c.max_soc_std**2
         if np.any(p[0, 0] > var_cap):

@@ -42,12 +42,14 @@ def hold(
     *,
     dv_v_per_s: float = 0.0,
     dt_k_per_s: float = 0.0,
+    dt_s: float = 1.0,
 ) -> SafetyState:
-    """One cell sampled at 1 Hz, with optional linear voltage and temperature ramps."""
+    """One cell sampled every ``dt_s``, with optional linear voltage and temperature ramps."""
     state = monitor.initial(current_a, voltage_v, temperature_c)
-    for k in range(1, seconds + 1):
+    for k in range(1, int(seconds / dt_s) + 1):
+        t = k * dt_s
         state = monitor.update(
-            state, current_a, voltage_v + dv_v_per_s * k, temperature_c + dt_k_per_s * k, 1.0
+            state, current_a, voltage_v + dv_v_per_s * t, temperature_c + dt_k_per_s * t, dt_s
         )
     return state
 
@@ -121,19 +123,19 @@ def test_temperature_rate_is_quiet_on_a_quantised_noisy_sensor(params: CellParam
 
 def test_self_discharge_at_rest_is_suspected_after_settling(params: CellParameters) -> None:
     monitor = SafetyMonitor(params)
-    drop = -0.010 / 3600  # 10 mV/h at rest
-    early = hold(monitor, 0.0, 3.9, 25.0, 3600 + 1700, dv_v_per_s=drop)
+    drop = -0.010 / 3600  # 10 mV/h at rest, sampled every 10 s
+    early = hold(monitor, 0.0, 3.9, 25.0, 3600 + 1700, dv_v_per_s=drop, dt_s=10.0)
     assert early.alarms == 0  # settling (1 h) + window (30 min) not over yet
-    late = hold(monitor, 0.0, 3.9, 25.0, 3600 + 1900, dv_v_per_s=drop)
+    late = hold(monitor, 0.0, 3.9, 25.0, 3600 + 1900, dv_v_per_s=drop, dt_s=10.0)
     assert late.alarms == int(Alarm.SELF_DISCHARGE)
     assert late.self_discharge_v_per_s * 3600 == pytest.approx(0.010, rel=0.02)
     assert 0.0 < late.sos < 1.0
-    healthy = hold(monitor, 0.0, 3.9, 25.0, 3 * 3600, dv_v_per_s=-0.001 / 3600)
+    healthy = hold(monitor, 0.0, 3.9, 25.0, 3 * 3600, dv_v_per_s=-0.001 / 3600, dt_s=10.0)
     assert healthy.alarms == 0 and healthy.sos == 1.0
-    loaded = hold(monitor, -1.0, 3.9, 25.0, 3 * 3600, dv_v_per_s=drop)  # a load, not a short
+    loaded = hold(monitor, -1.0, 3.9, 25.0, 3 * 3600, dv_v_per_s=drop, dt_s=10.0)  # not a short
     assert loaded.alarms == 0
     # current flow resets the trend
-    state = monitor.update(late, -2.0, 3.85, 25.0, 1.0)
+    state = monitor.update(late, -2.0, 3.85, 25.0, 10.0)
     assert state.alarms == 0 and state.rest_s == 0.0 and state.anchor_rest_s == -1.0
 
 
