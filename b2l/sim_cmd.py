@@ -1,6 +1,8 @@
-"""``b2l sim``: simulators. ``b2l sim fleet``: vectorised fleet physics with ageing.
+"""``b2l sim``: simulators. ``b2l sim fleet``: vectorised fleet physics with ageing;
+``b2l sim pack``: one pack with its BMS on a CAN interface or a serial line.
 
-Each command of the group is added by its own ``_add_*`` function (``sim pack`` will join).
+Each command of the group is added by its own ``_add_*`` function; the run of ``sim pack`` lives
+in ``b2l/sim_pack_cmd.py``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ def register(subparsers: Any) -> None:
     sim = subparsers.add_parser("sim", help="simulators: fleets and packs in virtual time")
     commands = sim.add_subparsers(dest="sim_command", metavar="COMMAND", required=True)
     _add_fleet(commands)
+    _add_pack(commands)
 
 
 def _add_fleet(commands: Any) -> None:
@@ -158,6 +161,109 @@ def _fleet(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_pack(commands: Any) -> None:
+    pack = commands.add_parser(
+        "pack",
+        help="simulate one pack and its BMS on a CAN interface or a serial line",
+        description=(
+            "Simulate one pack (plant, load, embedded BMS, faults) speaking Pillar 2 on a "
+            "python-can interface (--can) or Pillar 1 on a serial line (--serial), as fast as "
+            "possible or paced by the wall clock (--realtime), for --duration. A scenario file "
+            "(YAML or JSON, see docs/bms-simulator.md) describes the pack, load, BMS and faults; "
+            "the options below override it. The first line on stdout says where the BMS is "
+            "(a pty path or socket:// URL for --serial); progress goes to stderr, a one-line "
+            "summary to stdout at the end, -o writes it as JSON."
+        ),
+    )
+    link = pack.add_mutually_exclusive_group(required=True)
+    link.add_argument(
+        "--can",
+        metavar="INTERFACE[:CHANNEL]",
+        help="python-can interface and channel, e.g. virtual:bench, socketcan:can0, "
+        "udp_multicast:239.74.163.2 (only inside an isolated network namespace)",
+    )
+    link.add_argument(
+        "--serial",
+        metavar="LINK",
+        help="pty (prints the device path), tcp:PORT (a server on 127.0.0.1 for pyserial "
+        "socket:// clients; tcp:0 picks a free port) or a pyserial URL",
+    )
+    pack.add_argument("--scenario", type=Path, default=None, metavar="FILE", help="scenario file")
+    pack.add_argument(
+        "--duration",
+        type=_duration,
+        default=None,
+        metavar="TIME",
+        help="simulated time: seconds, or with a suffix s, m, h, d (10m, 2h, 3d); default: the "
+        "scenario's duration_s; a --realtime run without one goes on until interrupted",
+    )
+    pack.add_argument(
+        "--realtime",
+        type=_positive_float,
+        default=None,
+        metavar="SPEEDUP",
+        help="pace by the wall clock: SPEEDUP simulated seconds per wall second (1: real "
+        "time); default: as fast as possible",
+    )
+    pack.add_argument("--cells", type=_positive_int, default=None, metavar="N", help="series cells")
+    pack.add_argument(
+        "--chemistry",
+        default=None,
+        metavar="SET",
+        help="cell parameter set: nmc_lgm50, lfp_a123 or a parameter file PATH.json",
+    )
+    pack.add_argument("--soc", type=_fraction, default=None, metavar="X", help="initial SoC")
+    pack.add_argument("--seed", type=int, default=None, help="seed of all randomness")
+    load = pack.add_mutually_exclusive_group()
+    load.add_argument(
+        "--profile",
+        default=None,
+        metavar="PROFILE",
+        help="load: domestic (PV self-consumption), industrial (peak shaving) or a CSV file "
+        "(time_s,current_a or time_s,power_w)",
+    )
+    load.add_argument(
+        "--current",
+        type=_float,
+        default=None,
+        metavar="A",
+        help="constant load current (A, positive charging)",
+    )
+    pack.add_argument(
+        "--can-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra argument of can.Bus, e.g. bitrate=500000 (repeatable); the virtual "
+        "interface keeps the simulator's timestamps (preserve_timestamps=true) unless told",
+    )
+    pack.add_argument(
+        "--can-log",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="log every frame sent and command received (.asc, .blf, ... by extension)",
+    )
+    pack.add_argument(
+        "--ground-truth",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="write the true state (JSON lines, same clock as the frames) here",
+    )
+    pack.add_argument(
+        "-o", "--output", type=Path, default=None, metavar="JSON", help="write the summary here"
+    )
+    pack.add_argument("--quiet", action="store_true", help="no progress lines")
+    pack.set_defaults(handler=_pack)
+
+
+def _pack(args: argparse.Namespace) -> int:
+    from b2l.sim_pack_cmd import run_pack
+
+    return run_pack(args)
+
+
 def _cell_parameters(name: str) -> Any:
     from pydantic import ValidationError
 
@@ -211,6 +317,23 @@ def _profile(name: str, days: float, dt_s: float, seed: int, capacity_ah: float)
 
 def _say(message: str) -> None:
     print(f"b2l sim: {message}", file=sys.stderr, flush=True)
+
+
+_DURATION_UNITS_S = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0}
+
+
+def _duration(text: str) -> float:
+    """Seconds from ``90``, ``90s``, ``10m``, ``2h`` or ``3d``."""
+    text = text.strip().lower()
+    unit = _DURATION_UNITS_S.get(text[-1:]) if text else None
+    number = text[:-1] if unit is not None else text
+    try:
+        value = _positive_float(number) * (unit or 1.0)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration (seconds, or a number with s, m, h or d)"
+        ) from None
+    return value
 
 
 def _positive_int(text: str) -> int:

@@ -23,8 +23,9 @@ Fault kinds and how the BMS sees them (``magnitude`` in brackets, default after 
 ==========================  ==================================================================
 ``sensor_stuck``            the channel (``sensor``: voltage, temperature, current of a cell or
                             of the pack) repeats one value [the value; None = the last reading].
-                            Detected (FaultSensor) when a cell channel has not changed for
-                            ``stuck_detection_s`` while another cell's has.
+                            Detected (FaultSensor) on a cell channel by ``StuckChannelDetector``:
+                            one reading for ``stuck_detection_s``, repeated more often than
+                            the sensor's noise allows or while the other cells moved.
 ``sensor_offset``           reading + magnitude [V, K or A, required]. A cell-voltage offset
                             larger than ``pack_voltage_plausibility_v`` breaks the check "sum
                             of cells = pack voltage" (FaultSensor); smaller ones go unseen.
@@ -102,6 +103,8 @@ __all__ = [
     "GroundTruthWriter",
     "PlantDriver",
     "SensorModel",
+    "StuckChannelDetector",
+    "repeats_to_prove_stuck",
 ]
 
 CurrentProfile = float | Callable[[float], ArrayLike]
@@ -376,6 +379,9 @@ class BmsConfig(B2LModel):
     balancing_min_voltage_v: float | None = None
     """Auto mode bleeds only above this voltage; None: the OCV at 30 % SoC."""
     stuck_detection_s: PositiveFloat = 10.0
+    """A cell channel repeating one reading this long may be stuck (``StuckChannelDetector``)."""
+    stuck_min_repeats: Annotated[int, Field(ge=1)] | None = None
+    """Repeats of one reading that prove a channel stuck; None: from its sensor model."""
     open_wire_low_v: NonNegativeFloat = 1.0
     """A cell channel below this reads an open sense wire."""
     cell_voltage_high_v: float | None = None
@@ -404,6 +410,77 @@ class BmsConfig(B2LModel):
         if not low < high:
             raise ValueError("temperature_plausible_c must be (low, high) with low < high")
         return self
+
+
+# --------------------------------------------------------------------------- stuck channels
+
+STUCK_FALSE_ALARM_PROBABILITY = 1e-12
+"""Chance that a healthy, steady channel repeats one reading ``min_repeats`` times in a row."""
+
+
+def repeats_to_prove_stuck(
+    sensor: SensorModel, false_alarm: float = STUCK_FALSE_ALARM_PROBABILITY
+) -> float:
+    """Repeats of one reading that a healthy channel of ``sensor`` makes with ``false_alarm``
+    probability at most; ``inf`` when its readings of a steady value always repeat (no noise).
+
+    The likeliest repeat is a steady true value in the middle of a quantisation step: each
+    reading stays in that step with ``p = erf(step / (2 sqrt(2) std))``.
+    """
+    std, step = sensor.noise_std, sensor.quantisation_step
+    if std <= 0.0:
+        return math.inf
+    if step <= 0.0:
+        return 1.0  # continuous readings never repeat exactly
+    p = math.erf(step / (2.0 * math.sqrt(2.0) * std))
+    if p >= 1.0:
+        return math.inf
+    return float(math.ceil(math.log(false_alarm) / math.log(p)))
+
+
+class StuckChannelDetector:
+    """Finds the cell channels of one quantity (voltage or temperature) that are stuck.
+
+    A channel is stuck when it has repeated one reading for ``stuck_detection_s`` and either
+
+    * at least ``min_repeats`` times (``stuck_min_repeats``, or ``repeats_to_prove_stuck`` of
+      its sensor): more often than its noise allows, so time alone is no proof: at a 1 s ADC
+      cycle, 10 equal readings of a 0.1 K-step thermistor with 0.05 K noise are common; or
+    * while the median of the channels moved by ``min_move`` (3 steps or 6 sigma, whichever is
+      larger): the quantity changed and this channel did not (noise-free sensors);
+
+    and not every channel is frozen (a whole converter that stops is not one stuck sensor).
+    """
+
+    def __init__(self, n_channels: int, sensor: SensorModel, config: BmsConfig) -> None:
+        self.n_channels = n_channels
+        self.sample_period_s = config.sample_period_s
+        self.detection_s = config.stuck_detection_s
+        self.min_repeats = float(config.stuck_min_repeats or repeats_to_prove_stuck(sensor))
+        self.min_move = max(3.0 * sensor.quantisation_step, 6.0 * sensor.noise_std)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every run (at boot)."""
+        self.repeats = np.zeros(self.n_channels, dtype=np.int64)
+        self._median_at_change = np.full(self.n_channels, math.nan)
+        self._median = math.nan
+
+    def update(self, previous: FloatArray, readings: FloatArray) -> None:
+        """Count the repeats of one ADC cycle's ``readings`` after ``previous``."""
+        same = readings == previous
+        self._median = float(np.median(readings))
+        self.repeats = np.where(same, self.repeats + 1, 0)
+        self._median_at_change = np.where(same, self._median_at_change, self._median)
+
+    def stuck(self) -> BoolArray:
+        """Mask of the stuck channels."""
+        held_s = self.repeats * self.sample_period_s
+        long_enough = held_s >= self.detection_s - _EPS_S
+        with np.errstate(invalid="ignore"):
+            moved = np.abs(self._median - self._median_at_change) >= self.min_move
+        frozen: BoolArray = long_enough & ((self.repeats >= self.min_repeats) | moved)
+        return np.zeros(self.n_channels, dtype=bool) if frozen.all() else frozen
 
 
 # --------------------------------------------------------------------------- plant driver
@@ -491,8 +568,6 @@ class BmsEmulator:
     _ekf: EkfState | None
     _safety: SafetyState | None
     _estimator: SocEstimator | None
-    _unchanged_v_s: FloatArray
-    _unchanged_t_s: FloatArray
     _charge_as: float
     _charge_time_s: float
 
@@ -560,6 +635,8 @@ class BmsEmulator:
         self.pack_current_a = 0.0
         self.pack_voltage_v = 0.0
         self.balancing = np.zeros(n, dtype=bool)
+        self._stuck_v = StuckChannelDetector(n, cfg.cell_voltage_sensor, cfg)
+        self._stuck_t = StuckChannelDetector(n, cfg.cell_temperature_sensor, cfg)
         self.phase = BmsPhase.OFF
         self._boot()
         self._sample()  # so a fault scheduled at 0 can capture a reading
@@ -593,6 +670,35 @@ class BmsEmulator:
     def hard_fault(self) -> bool:
         """A latched hard fault holds the contactors open."""
         return bool(self._latched)
+
+    def powered_process(self, step: Callable[[], simpy.Event]) -> Generator[simpy.Event, Any, None]:
+        """A link's process while the firmware runs, as a SimPy process: ``step()`` does one
+        round and returns the event to wait for; while the BMS is off it waits for the boot."""
+        while True:
+            if not self.transmitting:
+                yield self.changed
+                continue
+            yield step()
+
+    def report_process(self, report: Callable[[], None]) -> Generator[simpy.Event, Any, None]:
+        """A link's cell-report schedule, as a SimPy process: ``report()`` every reporting period
+        while the BMS reports (after init); the first at once after each boot; a new period
+        counts from the last report."""
+        last_s: float | None = None
+        boot = self.boot_count
+        while True:
+            if not self.reporting or boot != self.boot_count:
+                last_s, boot = None, self.boot_count
+                if not self.reporting:
+                    yield self.changed
+                    continue
+            now = float(self.env.now)
+            period_s = self.reporting_period_ms / 1000.0
+            due_s = now if last_s is None else last_s + period_s
+            if now >= due_s - _EPS_S:
+                report()
+                last_s, due_s = now, now + period_s
+            yield self.env.timeout(due_s - now) | self.changed
 
     def add_fault_listener(self, listener: FaultListener) -> None:
         """Call ``listener(fault, active)`` when a scheduled fault starts or ends."""
@@ -727,8 +833,8 @@ class BmsEmulator:
         self.soc = np.zeros(n)
         self.soh = np.array(self.plant.soh[self.pack_index], dtype=np.float64)
         self.sos = np.ones(n)
-        self._unchanged_v_s = np.zeros(n)
-        self._unchanged_t_s = np.zeros(n)
+        self._stuck_v.reset()
+        self._stuck_t.reset()
         self._charge_as, self._charge_time_s = 0.0, 0.0
         self._notify()
 
@@ -880,27 +986,21 @@ class BmsEmulator:
         if not math.isnan(fs.current_stuck_a):
             i = fs.current_stuck_a
         pack_v = float(cfg.pack_voltage_sensor.measure(true_v.sum(), rng))
-        dt = cfg.sample_period_s
-        self._unchanged_v_s = np.where(v == self.cell_voltage_v, self._unchanged_v_s + dt, 0.0)
-        self._unchanged_t_s = np.where(t == self.cell_temperature_c, self._unchanged_t_s + dt, 0.0)
+        self._stuck_v.update(self.cell_voltage_v, v)
+        self._stuck_t.update(self.cell_temperature_c, t)
         self.cell_voltage_v = v
         self.cell_temperature_c = t
         self.pack_current_a = float(np.clip(i, -_CURRENT_RANGE_A, _CURRENT_RANGE_A))
         self.pack_voltage_v = float(np.clip(pack_v, 0.0, _PACK_VOLTAGE_MAX_V))
-
-    def _stuck(self, unchanged_s: FloatArray) -> BoolArray:
-        """Channels frozen for ``stuck_detection_s`` while another channel moved."""
-        frozen: BoolArray = unchanged_s >= self.config.stuck_detection_s
-        return np.zeros(self.cell_count, dtype=bool) if frozen.all() else frozen
 
     def _plausible(self) -> tuple[FloatArray, FloatArray, BoolArray, BoolArray]:
         """Voltages and temperatures, implausible channels replaced by the median of the others,
         and the masks of the implausible voltage and temperature channels."""
         v, t = self.cell_voltage_v, self.cell_temperature_c
         bad_v = (v < self.config.open_wire_low_v) | (v > self._v_high)
-        bad_v |= self._stuck(self._unchanged_v_s)
+        bad_v |= self._stuck_v.stuck()
         low, high = self.config.temperature_plausible_c
-        bad_t = (t < low) | (t > high) | self._stuck(self._unchanged_t_s)
+        bad_t = (t < low) | (t > high) | self._stuck_t.stuck()
         nominal_v = float(np.interp(0.5, self.params.soc_grid, self.params.ocv_v))
         v_ok = np.where(bad_v, float(np.median(v[~bad_v])) if (~bad_v).any() else nominal_v, v)
         t_ok = np.where(bad_t, float(np.median(t[~bad_t])) if (~bad_t).any() else 25.0, t)

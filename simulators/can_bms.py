@@ -26,11 +26,11 @@ Link faults (scheduled in the BMS's ``Fault`` list):
   nothing is sent or received; then traffic resumes and the BMS shows FaultCommunication for
   ``BmsConfig.link_error_hold_s``.
 
-``CanBmsSimulator`` wires a whole simulated pack: clock (``simulators.clock``), plant and load
-(``PlantDriver``), BMS, this link, the ground truth (JSON lines) and an optional CAN log
-(``can.Logger``: .asc, .blf, ... by extension) that receives every frame put on the bus and every
-command received. Frame timestamps are ``timestamp_origin_s + env.now`` (a virtual bus keeps them
-with ``preserve_timestamps=True``); ground-truth lines carry the same clock.
+``CanBmsSimulator`` is a whole simulated pack (``simulators.pack``: clock, plant and load, BMS,
+ground truth as JSON lines) with this link and an optional CAN log (``can.Logger``: .asc, .blf,
+... by extension) that receives every frame put on the bus and every command received. Frame
+timestamps are ``timestamp_origin_s + env.now`` (a virtual bus keeps them with
+``preserve_timestamps=True``); ground-truth lines carry the same clock.
 
 Several packs, one bus each (or one shared bus for one pack only: the ids are fixed)::
 
@@ -46,35 +46,20 @@ Several packs, one bus each (or one shared bus for one pack only: the ids are fi
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Generator, Iterable
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Any
+from typing import Any, Unpack
 
 import can
 import numpy as np
 import simpy
-import simpy.rt
-from numpy.typing import ArrayLike
 from pydantic import Field
 
-from simulators.bms import (
-    BmsConfig,
-    BmsEmulator,
-    CurrentProfile,
-    Fault,
-    FaultKind,
-    GroundTruthWriter,
-    PlantDriver,
-)
-from simulators.clock import make_environment
-from simulators.plant import PackPlant
+from simulators.bms import BmsEmulator, Fault, FaultKind
+from simulators.pack import PackOptions, PackSimulator
 from twin.base import B2LModel, PositiveFloat
-from twin.cell_params import CellParameters, load_builtin
-from twin.errors import CanCodecError, ConfigError
-from twin.pack_model import PackModel
+from twin.errors import CanCodecError
 from twin.protocols.can_codec import (
     B2lMessage,
     BalancingRequest,
@@ -168,9 +153,9 @@ class CanBmsLink:
         self._recovered_at_s = -math.inf
         bms.add_fault_listener(self._on_fault)
         self._closed = False
-        env.process(self._status_loop())
+        env.process(bms.powered_process(self._status))
         env.process(self._info_loop())
-        env.process(self._cell_loop())
+        env.process(bms.report_process(self._cell_burst))
         env.process(self._command_loop())
 
     # ------------------------------------------------------------------ state
@@ -200,25 +185,22 @@ class CanBmsLink:
 
     # ------------------------------------------------------------------ processes
 
-    def _status_loop(self) -> Generator[simpy.Event, Any, None]:
+    def _status(self) -> simpy.Event:
+        """One BMS_PackStatus; the next in ``status_period_s``."""
         bms = self.bms
-        while True:
-            if not bms.transmitting:
-                yield bms.changed
-                continue
-            self._check_boot()
-            self.send(
-                PackStatus(
-                    voltage_v=bms.pack_voltage_v,
-                    current_a=bms.pack_current_a,
-                    bms_state=bms.bms_state,
-                    contactor_state=bms.contactor_state,
-                    faults=bms.flags,
-                    alive_counter=self._alive,
-                )
+        self._check_boot()
+        self.send(
+            PackStatus(
+                voltage_v=bms.pack_voltage_v,
+                current_a=bms.pack_current_a,
+                bms_state=bms.bms_state,
+                contactor_state=bms.contactor_state,
+                faults=bms.flags,
+                alive_counter=self._alive,
             )
-            self._alive = (self._alive + 1) % 16
-            yield self.env.timeout(self.config.status_period_s)
+        )
+        self._alive = (self._alive + 1) % 16
+        return self.env.timeout(self.config.status_period_s)
 
     def _info(self) -> BmsInfo:
         bms = self.bms
@@ -243,24 +225,6 @@ class CanBmsLink:
             if info != last or now >= due_s - _EPS_S:
                 self.send(info)
                 last, due_s = info, now + self.config.info_period_s
-            yield self.env.timeout(due_s - now) | bms.changed
-
-    def _cell_loop(self) -> Generator[simpy.Event, Any, None]:
-        bms = self.bms
-        last_burst_s: float | None = None
-        boot = bms.boot_count
-        while True:
-            if not bms.reporting or boot != bms.boot_count:
-                last_burst_s, boot = None, bms.boot_count
-                if not bms.reporting:
-                    yield bms.changed
-                    continue
-            now = float(self.env.now)
-            period_s = bms.reporting_period_ms / 1000.0
-            due_s = now if last_burst_s is None else last_burst_s + period_s
-            if now >= due_s - _EPS_S:
-                self._cell_burst()
-                last_burst_s, due_s = now, now + period_s
             yield self.env.timeout(due_s - now) | bms.changed
 
     def _cell_burst(self) -> None:
@@ -303,6 +267,9 @@ class CanBmsLink:
             return
         msg.timestamp = self.timestamp_origin_s + float(self.env.now)
         msg.is_rx = True
+        # one bus per log, like the frames sent (channel None): a backend's channel name such as
+        # a virtual "bench-1700000000" would become a BLF channel number beyond its 16 bits
+        msg.channel = None
         if self.logger is not None:
             self.logger.on_message_received(msg)
         if not self.bms.transmitting or self.off_bus:
@@ -396,56 +363,24 @@ class CanBmsLink:
             self.logger.stop()
 
 
-class CanBmsSimulator:
-    """One simulated pack on a CAN bus: clock, plant, load, BMS emulation, Pillar 2 link, logs.
+class CanBmsSimulator(PackSimulator):
+    """One simulated pack on a CAN bus: the pack of ``simulators.pack`` plus the Pillar 2 link.
 
-    Either pass a ``plant`` (its pack ``pack_index`` is simulated; the plant is stepped here) or
-    let one be built from ``params``, ``cells_in_series``, ``soc`` and ``ambient_c``.
-    ``realtime_factor`` None runs as fast as possible; ``x`` makes one simulated second take
-    ``x`` wall seconds. Use as a context manager (or call ``close``) to flush the logs.
+    ``options`` are those of ``simulators.pack.build_pack`` (plant or parameter set, load,
+    faults, BMS settings, clock, ground truth, seed). ``can_log`` is a path (.asc, .blf, ... by
+    extension) or a ``can.Listener`` that gets every frame sent and every command received. Use
+    as a context manager (or call ``close``) to flush the logs; the bus stays open.
     """
 
     def __init__(
         self,
         bus: can.BusABC,
         *,
-        plant: PackPlant | None = None,
-        pack_index: int = 0,
-        params: CellParameters | str = "nmc_lgm50",
-        cells_in_series: int = 16,
-        soc: ArrayLike = 0.5,
-        ambient_c: ArrayLike = 25.0,
-        current_a: CurrentProfile = 0.0,
-        faults: Iterable[Fault] = (),
-        bms_config: BmsConfig | None = None,
         link_config: CanLinkConfig | None = None,
-        realtime_factor: float | None = None,
-        plant_dt_s: float = 0.1,
-        ground_truth: str | Path | IO[str] | None = None,
-        ground_truth_period_s: float = 1.0,
         can_log: str | Path | can.Listener | None = None,
-        timestamp_origin_s: float | None = None,
-        seed: int = 0,
+        **options: Unpack[PackOptions],
     ) -> None:
-        self.env = make_environment(realtime_factor)
-        if plant is None:
-            cell = load_builtin(params) if isinstance(params, str) else params
-            model = PackModel.build(cell, cells_in_series=cells_in_series, seed=seed)
-            plant = PackPlant(model, soc, ambient_c)
-        self.plant = plant
-        self.timestamp_origin_s = time.time() if timestamp_origin_s is None else timestamp_origin_s
-        if not math.isfinite(self.timestamp_origin_s):
-            raise ConfigError("timestamp_origin_s must be finite")
-        bms_seed, link_seed = np.random.SeedSequence(seed).spawn(2)
-        self.driver = PlantDriver(self.env, plant, current_a, plant_dt_s)
-        self.bms = BmsEmulator(
-            self.env,
-            plant,
-            pack_index=pack_index,
-            config=bms_config,
-            faults=faults,
-            seed=bms_seed,
-        )
+        super().__init__(**options)
         self.link = CanBmsLink(
             self.env,
             bus,
@@ -453,46 +388,13 @@ class CanBmsSimulator:
             config=link_config,
             can_log=can_log,
             timestamp_origin_s=self.timestamp_origin_s,
-            seed=link_seed,
+            seed=self.pack.link_seed,
         )
-        self.ground_truth: GroundTruthWriter | None = None
-        if ground_truth is not None:
-            self.ground_truth = GroundTruthWriter(
-                self.env,
-                self.bms,
-                ground_truth,
-                period_s=ground_truth_period_s,
-                timestamp_origin_s=self.timestamp_origin_s,
-            )
-        self._started = False
-
-    def run(self, until_s: float) -> None:
-        """Advance the simulation to ``until_s`` (simulated seconds since the start)."""
-        if until_s < float(self.env.now):
-            raise ConfigError(f"cannot run back to {until_s} s from {self.env.now} s")
-        if until_s == float(self.env.now):
-            return
-        if not self._started and isinstance(self.env, simpy.rt.RealtimeEnvironment):
-            self.env.sync()  # the wall clock starts now, not at construction
-        self._started = True
-        self.env.run(until=until_s)
 
     def close(self) -> None:
-        """Flush and close the ground truth and the CAN log (the bus stays open)."""
+        """Flush and close the CAN log and the ground truth (the bus stays open)."""
         self.link.close()
-        if self.ground_truth is not None:
-            self.ground_truth.close()
-
-    def __enter__(self) -> CanBmsSimulator:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+        super().close()
 
 
 def _fraction(value: float) -> float:

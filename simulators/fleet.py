@@ -282,23 +282,7 @@ class Fleet:
         share = np.clip(1.0 + spread.cell_rel_std * rng.standard_normal(shape), 0.0, 3.0)
         replaced = rng.random(shape) < spread.replaced_fraction
         years = np.where(replaced, 0.0, pack_years[:, None] * share)
-        fresh = AgeingState.fresh(shape)
-        if not np.any(years > 0.0):
-            return fresh
-        throughput = 2.0 * spread.fec_per_year * years * self.capacity_ah
-        soc = np.full(shape, spread.soc)
-        return age(
-            self.ageing,
-            fresh,
-            soc,
-            spread.temperature_c,
-            spread.c_rate * self.capacity_ah,
-            years * YEAR_S,
-            self.capacity_ah,
-            voltage_v=self._ocv(soc, spread.temperature_c) if self.ageing.needs_voltage else None,
-            throughput_ah=throughput,
-            depth_of_discharge=spread.depth_of_discharge,
-        )
+        return prior_ageing(self.ageing, years, self.capacity_ah, spread, self._ocv)
 
     def _ocv(self, soc: FloatArray, temperature_c: FloatArray | float) -> FloatArray:
         return self.plant.model.cell.ocv(soc, temperature_c)
@@ -558,6 +542,38 @@ class Fleet:
         v = self.plant.cell_voltages_v()
         self._v_min = min(self._v_min, float(v.min()))
         self._v_max = max(self._v_max, float(v.max()))
+
+
+def prior_ageing(
+    ageing: AgeingParameters,
+    years: FloatArray,
+    capacity_ah: FloatArray,
+    conditions: AgeSpread,
+    ocv: Callable[[FloatArray, float], FloatArray],
+) -> AgeingState:
+    """Ageing state of cells after ``years`` of service each (0: new), the model run over that
+    history at the steady ``conditions`` of ``AgeSpread`` (cycling, SoC, temperature, DoD).
+
+    ``capacity_ah`` is each cell's nominal capacity; ``ocv(soc, temperature_c)`` its open-circuit
+    voltage (for the voltage-driven laws).
+    """
+    fresh = AgeingState.fresh(years.shape)
+    if not np.any(years > 0.0):
+        return fresh
+    throughput = 2.0 * conditions.fec_per_year * years * capacity_ah
+    soc = np.full(years.shape, conditions.soc)
+    return age(
+        ageing,
+        fresh,
+        soc,
+        conditions.temperature_c,
+        conditions.c_rate * capacity_ah,
+        years * YEAR_S,
+        capacity_ah,
+        voltage_v=ocv(soc, conditions.temperature_c) if ageing.needs_voltage else None,
+        throughput_ah=throughput,
+        depth_of_discharge=conditions.depth_of_discharge,
+    )
 
 
 BoolArray = NDArray[np.bool_]

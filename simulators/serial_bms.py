@@ -46,8 +46,8 @@ Links are tiny adapters picked by name (``open_link``): ``"pty"`` (``address`` i
 device path), ``"tcp"`` / ``"tcp:PORT"`` (a server on 127.0.0.1; clients open
 ``socket://127.0.0.1:PORT``) or any pyserial URL or port object (``loop://`` in unit tests).
 
-``SerialBmsSimulator`` wires a whole simulated pack: clock (``simulators.clock``), plant and
-load (``PlantDriver``), BMS, link and this protocol; ``run(until_s)`` runs it as fast as possible
+``SerialBmsSimulator`` is a whole simulated pack (``simulators.pack``: clock, plant and load,
+BMS, ground truth) with a link and this protocol; ``run(until_s)`` runs it as fast as possible
 or paced by the wall clock, or a test steps ``env`` against the real port.
 """
 
@@ -57,35 +57,20 @@ import errno
 import math
 import os
 import socket
-import time
 import tty
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
-from pathlib import Path
-from types import TracebackType
-from typing import IO, Any, Protocol
+from typing import Any, Protocol, Unpack
 
 import numpy as np
 import serial
 import simpy
-import simpy.rt
-from numpy.typing import ArrayLike
 from pydantic import Field
 
-from simulators.bms import (
-    BmsConfig,
-    BmsEmulator,
-    CurrentProfile,
-    Fault,
-    FaultKind,
-    GroundTruthWriter,
-    PlantDriver,
-)
-from simulators.clock import make_environment
-from simulators.plant import PackPlant
+from simulators.bms import BmsEmulator, Fault, FaultKind
+from simulators.pack import PackOptions, PackSimulator
 from twin.base import B2LModel, NonNegativeFloat, PositiveFloat
-from twin.cell_params import CellParameters, load_builtin
-from twin.errors import ConfigError, SerialCodecError
+from twin.errors import SerialCodecError
 from twin.impedance import (
     DEFAULT_INDUCTANCE_H,
     DiffusionTail,
@@ -93,7 +78,6 @@ from twin.impedance import (
     equivalent_circuit,
     log_frequencies_hz,
 )
-from twin.pack_model import PackModel
 from twin.protocols.can_codec import BMS_STATES
 from twin.protocols.serial_codec import (
     ALL_CELLS,
@@ -532,8 +516,8 @@ class SerialBmsLink:
         self._last_status_s = -math.inf
         self._line_down = False
         bms.add_fault_listener(self._on_fault)
-        env.process(self._status_loop())
-        env.process(self._cell_loop())
+        env.process(bms.powered_process(self._status_round))
+        env.process(bms.report_process(self._report))
         env.process(self._receive_loop())
 
     # ------------------------------------------------------------------ state
@@ -600,38 +584,14 @@ class SerialBmsLink:
 
     # ------------------------------------------------------------------ processes
 
-    def _status_loop(self) -> Generator[simpy.Event, Any, None]:
-        bms = self.bms
-        while True:
-            if not bms.transmitting:
-                yield bms.changed
-                continue
-            self._sync_boot()
-            self._status_if_changed()
-            due_s = self._last_status_s + self.config.status_period_s
-            if float(self.env.now) >= due_s - _EPS_S:
-                self._send_status()
-            yield self.env.timeout(self.config.status_check_s) | bms.changed
-
-    def _cell_loop(self) -> Generator[simpy.Event, Any, None]:
-        bms = self.bms
-        last_s: float | None = None
-        boot = bms.boot_count
-        while True:
-            if not bms.reporting or boot != bms.boot_count:
-                last_s, boot = None, bms.boot_count
-                if not bms.reporting:
-                    yield bms.changed
-                    continue
-            now = float(self.env.now)
-            period_s = bms.reporting_period_ms / 1000.0
-            due_s = now if last_s is None else last_s + period_s
-            if now >= due_s - _EPS_S:
-                if bms.transmitting:
-                    self._sync_boot()
-                    self._send_measurements()
-                last_s, due_s = now, now + period_s
-            yield self.env.timeout(due_s - now) | bms.changed
+    def _status_round(self) -> simpy.Event:
+        """STATUS if something changed or ``status_period_s`` passed; look again soon."""
+        self._sync_boot()
+        self._status_if_changed()
+        due_s = self._last_status_s + self.config.status_period_s
+        if float(self.env.now) >= due_s - _EPS_S:
+            self._send_status()
+        return self.env.timeout(self.config.status_check_s) | self.bms.changed
 
     def _receive_loop(self) -> Generator[simpy.Event, Any, None]:
         while True:
@@ -768,6 +728,11 @@ class SerialBmsLink:
         high = (p.temperature_max_c - temperature_c) / margin
         low = (temperature_c - p.temperature_min_c) / margin
         return float(np.clip(min(high, low), 0.0, 1.0))
+
+    def _report(self) -> None:
+        """The cell reports of one reporting period (after the hello of a new boot)."""
+        self._sync_boot()
+        self._send_measurements()
 
     def _send_measurements(self) -> None:
         bms = self.bms
@@ -979,84 +944,34 @@ def _fraction(value: float) -> float:
 # ----------------------------------------------------------------------------- composition
 
 
-class SerialBmsSimulator:
-    """One simulated pack on a serial line: clock, plant, load, BMS emulation, Pillar 1 link.
+class SerialBmsSimulator(PackSimulator):
+    """One simulated pack on a serial line: the pack of ``simulators.pack`` plus the Pillar 1
+    link.
 
     ``link`` is a link name or object (``open_link``); ``address`` tells a client where to
-    connect. Either pass a ``plant`` (its pack ``pack_index`` is simulated; the plant is stepped
-    here) or let one be built from ``params``, ``cells_in_series``, ``soc`` and ``ambient_c``.
-    ``realtime_factor`` None runs as fast as possible; ``x`` makes one simulated second take
-    ``x`` wall seconds. Use as a context manager (or call ``close``): it closes the link it
-    opened and the ground truth.
+    connect. ``options`` are those of ``simulators.pack.build_pack`` (plant or parameter set,
+    load, faults, BMS settings, clock, ground truth, seed). Use as a context manager (or call
+    ``close``): it closes the link it opened and the ground truth.
     """
 
     def __init__(
         self,
         link: str | serial.SerialBase | ByteLink = "pty",
         *,
-        plant: PackPlant | None = None,
-        pack_index: int = 0,
-        params: CellParameters | str = "nmc_lgm50",
-        cells_in_series: int = 16,
-        soc: ArrayLike = 0.5,
-        ambient_c: ArrayLike = 25.0,
-        current_a: CurrentProfile = 0.0,
-        faults: Iterable[Fault] = (),
-        bms_config: BmsConfig | None = None,
         link_config: SerialLinkConfig | None = None,
-        realtime_factor: float | None = None,
-        plant_dt_s: float = 0.1,
-        ground_truth: str | Path | IO[str] | None = None,
-        ground_truth_period_s: float = 1.0,
-        timestamp_origin_s: float | None = None,
-        seed: int = 0,
+        **options: Unpack[PackOptions],
     ) -> None:
-        self.env = make_environment(realtime_factor)
-        if plant is None:
-            cell = load_builtin(params) if isinstance(params, str) else params
-            model = PackModel.build(cell, cells_in_series=cells_in_series, seed=seed)
-            plant = PackPlant(model, soc, ambient_c)
-        self.plant = plant
-        self.timestamp_origin_s = time.time() if timestamp_origin_s is None else timestamp_origin_s
-        if not math.isfinite(self.timestamp_origin_s):
-            raise ConfigError("timestamp_origin_s must be finite")
-        bms_seed, link_seed = np.random.SeedSequence(seed).spawn(2)
-        self.driver = PlantDriver(self.env, plant, current_a, plant_dt_s)
-        self.bms = BmsEmulator(
-            self.env, plant, pack_index=pack_index, config=bms_config, faults=faults, seed=bms_seed
-        )
+        super().__init__(**options)
         self._owns_link = isinstance(link, str)
         self.link: ByteLink = open_link(link) if isinstance(link, str | serial.SerialBase) else link
         self.protocol = SerialBmsLink(
-            self.env, self.link, self.bms, config=link_config, seed=link_seed
+            self.env, self.link, self.bms, config=link_config, seed=self.pack.link_seed
         )
-        self.ground_truth: GroundTruthWriter | None = None
-        if ground_truth is not None:
-            self.ground_truth = GroundTruthWriter(
-                self.env,
-                self.bms,
-                ground_truth,
-                period_s=ground_truth_period_s,
-                timestamp_origin_s=self.timestamp_origin_s,
-            )
-        self._started = False
-        self._closed = False
 
     @property
     def address(self) -> str:
         """Where a client opens the line: a pty path or a ``socket://`` URL."""
         return self.link.address
-
-    def run(self, until_s: float) -> None:
-        """Advance the simulation to ``until_s`` (simulated seconds since the start)."""
-        if until_s < float(self.env.now):
-            raise ConfigError(f"cannot run back to {until_s} s from {self.env.now} s")
-        if until_s == float(self.env.now):
-            return
-        if not self._started and isinstance(self.env, simpy.rt.RealtimeEnvironment):
-            self.env.sync()  # the wall clock starts now, not at construction
-        self._started = True
-        self.env.run(until=until_s)
 
     def serve(
         self, until_s: float | None = None, *, announce: Callable[[str], None] = print
@@ -1070,21 +985,6 @@ class SerialBmsSimulator:
 
     def close(self) -> None:
         """Close the link this simulator opened and the ground truth (idempotent)."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._owns_link:
+        if self._owns_link and not self._closed:
             self.link.close()
-        if self.ground_truth is not None:
-            self.ground_truth.close()
-
-    def __enter__(self) -> SerialBmsSimulator:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+        super().close()

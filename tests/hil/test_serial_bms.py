@@ -294,13 +294,10 @@ def test_eis_spectrum_follows_the_cell_impedance(bench: Bench) -> None:
         "tcp",
         current_a=0.0,
         plant_dt_s=1.0,
-        # a slower firmware loop keeps 25 simulated minutes cheap; the stuck-channel detector
-        # counts samples, so it gets as many as at the default 0.1 s ADC cycle
+        # a slower firmware loop keeps 25 simulated minutes cheap (and the stuck-channel
+        # detector must not mistake the steady, quantised readings at rest for a stuck sensor)
         bms_config=BmsConfig(
-            sample_period_s=1.0,
-            estimation_period_s=10.0,
-            stuck_detection_s=100.0,
-            reporting_period_ms=30_000,
+            sample_period_s=1.0, estimation_period_s=10.0, reporting_period_ms=30_000
         ),
         link_config=SerialLinkConfig(eis_periods_per_point=1.0, poll_s=0.05, status_check_s=1.0),
         ground_truth_period_s=5.0,
