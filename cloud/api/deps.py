@@ -1,0 +1,296 @@
+"""Dependencies of the routes: the database, the clock, the caller and its access.
+
+How a resource route declares its auth::
+
+    from cloud.api.deps import Access, DatabaseDep, require
+    from cloud.security.policy import Action, Category
+
+    @router.get("/batteries/{battery_id}/telemetry", responses=BATTERY_RESPONSES)
+    def read_telemetry(
+        access: Annotated[Access, Depends(require(Category.TELEMETRY, Action.READ))],
+        db: DatabaseDep,
+    ) -> ...:
+        return history.query(db, access.battery_id, ...)
+
+``require`` takes the ``battery_id`` path parameter, answers 401 without a valid access token,
+404 for a battery that does not exist, 403 when the policy says no (``cloud.security.policy``),
+and writes the audit row of a restricted read (committed before the route runs). Routes without
+a battery (``/api/v1/batteries``) take ``CurrentPrincipal``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import Depends, Path, Request
+from fastapi.security import OAuth2PasswordBearer
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from cloud.clock import utc_now
+from cloud.db.engine import Database
+from cloud.db.models import BatteryRow
+from cloud.errors import NotFoundError
+from cloud.metrics import CloudMetrics
+from cloud.security.context import SecurityContext
+from cloud.security.errors import AuthenticationError, PermissionDeniedError, RateLimitedError
+from cloud.security.policy import (
+    RESTRICTED_CATEGORIES,
+    Action,
+    Category,
+    Grant,
+    Principal,
+    Role,
+    decide,
+    needs_audit,
+    passport_tier,
+)
+from cloud.security.tokens import TokenType, verify_token
+from cloud.services.accounts import grants_of
+from cloud.services.audit import record_audit
+from cloud.services.ingestion import IngestionService
+from cloud.settings import CloudSettings
+from twin.base import BATTERY_ID_PATTERN
+from twin.passport import AccessTier
+
+TOKEN_URL = "/api/v1/auth/token"
+
+
+@dataclass
+class AppState:
+    """What one application holds; stored as ``app.state.b2l``."""
+
+    settings: CloudSettings
+    db: Database
+    security: SecurityContext
+    metrics: CloudMetrics
+    clock: Callable[[], datetime] = utc_now
+    monotonic_s: Callable[[], float] = time.monotonic
+    extras: dict[str, object] = field(default_factory=dict)
+    """Room for services that live as long as the app (an MQTT consumer, caches...)."""
+
+
+def get_state(request: Request) -> AppState:
+    """The application's ``AppState``."""
+    state: AppState = request.app.state.b2l
+    return state
+
+
+StateDep = Annotated[AppState, Depends(get_state)]
+
+
+def get_database(state: StateDep) -> Database:
+    """The database handle (``read()`` / ``write()`` sessions)."""
+    return state.db
+
+
+DatabaseDep = Annotated[Database, Depends(get_database)]
+
+
+def get_session(db: DatabaseDep) -> Iterator[Session]:
+    """A plain session for the request, closed (and rolled back if left open) afterwards."""
+    with db.session() as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def get_settings(state: StateDep) -> CloudSettings:
+    """The process settings."""
+    return state.settings
+
+
+SettingsDep = Annotated[CloudSettings, Depends(get_settings)]
+
+
+def get_metrics(state: StateDep) -> CloudMetrics:
+    """The Prometheus metrics (ingestion counts rows and rejects here)."""
+    return state.metrics
+
+
+MetricsDep = Annotated[CloudMetrics, Depends(get_metrics)]
+
+
+def get_now(state: StateDep) -> datetime:
+    """Now, from the application's clock (tests inject theirs)."""
+    return state.clock()
+
+
+NowDep = Annotated[datetime, Depends(get_now)]
+
+_INGESTION_KEY = "ingestion"
+_ingestion_lock = threading.Lock()
+
+
+def get_ingestion(state: StateDep) -> IngestionService:
+    """The process's one ``IngestionService`` (it caches topologies and cell models), made at
+    first use and kept in ``state.extras["ingestion"]``."""
+    service = state.extras.get(_INGESTION_KEY)
+    if isinstance(service, IngestionService):
+        return service
+    with _ingestion_lock:
+        service = state.extras.get(_INGESTION_KEY)
+        if not isinstance(service, IngestionService):
+            service = IngestionService(state.db, state.settings)
+            state.extras[_INGESTION_KEY] = service
+        return service
+
+
+IngestionDep = Annotated[IngestionService, Depends(get_ingestion)]
+
+bearer_token = OAuth2PasswordBearer(tokenUrl=TOKEN_URL, auto_error=False)
+"""The ``Authorization: Bearer`` token, or None (declares the OAuth2 scheme in OpenAPI)."""
+
+
+def current_principal(
+    state: StateDep, token: Annotated[str | None, Depends(bearer_token)]
+) -> Principal:
+    """The caller, from a valid access token; 401 (``AuthenticationError``) otherwise."""
+    if not token:
+        state.metrics.auth_failures.labels(reason="missing_token").inc()
+        raise AuthenticationError("not authenticated: send Authorization: Bearer <access token>")
+    try:
+        claims = verify_token(state.security.keys, token, TokenType.ACCESS, state.clock())
+        role = Role(claims.role)
+    except (AuthenticationError, ValueError) as exc:
+        state.metrics.auth_failures.labels(reason="invalid_token").inc()
+        if isinstance(exc, AuthenticationError):
+            raise
+        raise AuthenticationError("invalid token: unknown role") from None
+    if role is Role.DEVICE and not claims.battery_id:
+        raise AuthenticationError("invalid token: a device token names its battery")
+    return Principal(
+        subject=claims.subject,
+        role=role,
+        battery_id=claims.battery_id if role is Role.DEVICE else None,
+    )
+
+
+CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
+
+
+def require_role(*roles: Role) -> Callable[[Principal], Principal]:
+    """A dependency letting only ``roles`` (and admins) through; 403 for the others."""
+    allowed = {Role.ADMIN, *roles}
+
+    def dependency(principal: CurrentPrincipal) -> Principal:
+        if principal.role not in allowed:
+            raise PermissionDeniedError(f"role {principal.role.value} may not do this")
+        return principal
+
+    return dependency
+
+
+@dataclass(frozen=True)
+class Access:
+    """What ``require`` establishes: who, which battery, what, and on what grounds."""
+
+    principal: Principal
+    battery_id: str
+    category: Category
+    action: Action
+    now: datetime
+    grants: tuple[Grant, ...] = ()
+    manufacturer: str | None = None
+    """The user name of the battery's manufacturer account, if any."""
+
+    @property
+    def passport_tier(self) -> AccessTier:
+        """The highest passport tier the caller reads for this battery."""
+        return passport_tier(
+            self.principal, self.battery_id, self.now, self.grants, self.manufacturer
+        )
+
+
+BatteryIdPath = Annotated[
+    str,
+    Path(pattern=BATTERY_ID_PATTERN, description="The battery's globally unique id"),
+]
+
+
+def require(category: Category, action: Action = Action.READ) -> Callable[..., Access]:
+    """A dependency checking that the caller may do ``action`` on ``category`` of the battery
+    named by the ``battery_id`` path parameter.
+
+    401 without a valid access token, 404 if the battery does not exist, 403 if the policy
+    refuses (denials of restricted data are audited too). A restricted read is audited and
+    committed before the route runs.
+    """
+
+    def dependency(
+        battery_id: BatteryIdPath,
+        principal: CurrentPrincipal,
+        state: StateDep,
+        request: Request,
+    ) -> Access:
+        now = state.clock()
+        needs_grants = principal.role not in (Role.ADMIN, Role.DEVICE)
+        with state.db.read() as session:
+            row = session.execute(
+                select(BatteryRow.manufacturer).where(BatteryRow.battery_id == battery_id)
+            ).one_or_none()
+            if row is None:
+                raise NotFoundError(f"no battery {battery_id!r}")
+            grants = (
+                tuple(grants_of(session, principal.subject, battery_id)) if needs_grants else ()
+            )
+        manufacturer = row[0]
+        decision = decide(principal, battery_id, category, action, now, grants, manufacturer)
+        audited = needs_audit(principal, battery_id, category, action) or (
+            not decision and (action is Action.WRITE or category in RESTRICTED_CATEGORIES)
+        )
+        if audited:
+            with state.db.write() as session:
+                record_audit(
+                    session,
+                    actor=principal,
+                    action=action.value,
+                    outcome="allowed" if decision else "denied",
+                    battery_id=battery_id,
+                    category=category.value,
+                    detail={
+                        "method": request.method,
+                        "path": request.url.path,
+                        "query": request.url.query,
+                        "reason": decision.reason,
+                    },
+                    at=now,
+                )
+        if not decision:
+            raise PermissionDeniedError(decision.reason)
+        return Access(
+            principal=principal,
+            battery_id=battery_id,
+            category=category,
+            action=action,
+            now=now,
+            grants=grants,
+            manufacturer=manufacturer,
+        )
+
+    dependency.__name__ = f"require_{category.name.lower()}_{action.value}"
+    return dependency
+
+
+def limit_ingest_rate(state: AppState, principal: Principal, rows: int) -> None:
+    """Charge ``rows`` to the caller's ingestion bucket; 429 (``RateLimitedError``) when over.
+
+    Per device (per user for others), per process: see ``cloud.security.rate_limit``.
+    """
+    limiter = state.security.ingest_limiter
+    if limiter is None or rows <= 0:
+        return
+    wait_s = limiter.try_acquire(principal.subject, rows, state.monotonic_s())
+    if wait_s > 0:
+        state.metrics.rejects.labels(channel="http", reason="rate_limited").inc()
+        raise RateLimitedError(
+            f"ingestion rate of {principal.subject!r} exceeded "
+            f"({limiter.rate_per_s:g} rows/s, burst {limiter.burst:g})",
+            retry_after_s=wait_s,
+        )

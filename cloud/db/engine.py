@@ -1,0 +1,141 @@
+"""Engines and sessions for PostgreSQL (psycopg 3) and SQLite.
+
+``Database`` bundles an engine with two session factories: ``read()`` for queries and
+``write()`` for transactions that change data. On SQLite a write transaction starts with
+``BEGIN IMMEDIATE`` (it takes the single write lock up front, so a transaction that reads before
+it writes never fails with a stale snapshot under WAL); on PostgreSQL both are plain
+transactions and services lock rows (``SELECT ... FOR UPDATE``) where they must.
+
+SQLite connections run with WAL, ``foreign_keys=ON``, ``synchronous=NORMAL`` (a committed
+transaction survives a process crash) and a busy timeout; the database file's folder is created.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from twin.errors import ConfigError
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+_BEGIN_OPTION = "b2l_sqlite_begin"
+
+
+def normalise_url(url: str | URL) -> URL:
+    """The SQLAlchemy URL with the driver b2l uses (``postgresql://`` -> ``postgresql+psycopg``)."""
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "postgresql":
+        if parsed.get_driver_name() != "psycopg":
+            parsed = parsed.set(drivername="postgresql+psycopg")
+    elif backend == "sqlite":
+        if parsed.get_driver_name() not in ("pysqlite", ""):
+            raise ConfigError(f"unsupported SQLite driver in {parsed.drivername!r}")
+    else:
+        raise ConfigError(
+            f"unsupported database {backend!r}: use postgresql+psycopg://... or sqlite:///path"
+        )
+    return parsed
+
+
+def make_engine(url: str | URL, *, echo: bool = False, pool_size: int = 5) -> Engine:
+    """An engine for ``url`` (PostgreSQL or SQLite) with b2l's connection settings."""
+    parsed = normalise_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return _sqlite_engine(parsed, echo=echo)
+    return create_engine(
+        parsed,
+        echo=echo,
+        pool_pre_ping=True,
+        pool_size=pool_size,
+        max_overflow=2 * pool_size,
+    )
+
+
+def _sqlite_engine(url: URL, *, echo: bool) -> Engine:
+    database = url.database or ""
+    in_memory = database in ("", ":memory:") or database.startswith("file::memory:")
+    if not in_memory:
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    kwargs: dict[str, Any] = {"echo": echo}
+    if in_memory:
+        from sqlalchemy.pool import StaticPool
+
+        kwargs["poolclass"] = StaticPool
+    engine = create_engine(
+        url, connect_args={"check_same_thread": False, "timeout": 30.0}, **kwargs
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we emit BEGIN ourselves (see _on_begin)
+        cursor = dbapi_connection.cursor()
+        try:
+            if not in_memory:
+                cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        mode = conn.get_execution_options().get(_BEGIN_OPTION)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if mode == "IMMEDIATE" else "BEGIN")
+
+    return engine
+
+
+def make_session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions on ``engine`` whose objects stay readable after commit."""
+    return sessionmaker(bind=engine, expire_on_commit=False, autoflush=False)
+
+
+class Database:
+    """An engine with read and write session factories; the handle every service takes."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        self._reader = make_session_factory(engine)
+        self._writer = make_session_factory(
+            engine.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"})
+        )
+
+    @classmethod
+    def from_url(cls, url: str | URL, **kwargs: Any) -> Database:
+        """A database with its own engine (``dispose()`` it when done)."""
+        return cls(make_engine(url, **kwargs))
+
+    @property
+    def is_postgresql(self) -> bool:
+        """Whether the engine is PostgreSQL (COPY, partitions, row locks)."""
+        return self.dialect == "postgresql"
+
+    def session(self) -> Session:
+        """A plain session (the caller manages the transaction)."""
+        return self._reader()
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A session for queries; closed at the end (its transaction rolled back, the objects
+        it loaded stay readable)."""
+        with self._reader() as session:
+            yield session
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """A transaction that commits at the end of the block, or rolls back on any error."""
+        with self._writer() as session, session.begin():
+            yield session
+
+    def dispose(self) -> None:
+        """Close every pooled connection."""
+        self.engine.dispose()

@@ -1,0 +1,1 @@
+"""Alembic migration scripts of the cloud database (run them with ``cloud.db.migrate``)."""

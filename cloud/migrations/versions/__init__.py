@@ -1,0 +1,1 @@
+"""Revision scripts; ``0001_core`` is the first."""

@@ -1,0 +1,685 @@
+"""Ingestion: one uplink batch in, stored whole or not at all, each (battery_id, seq) once.
+
+``IngestionService.ingest`` (HTTP and MQTT both call it):
+
+1. checks the batch against the battery (registered, the device's own, cell ids within the
+   topology) and refuses it whole with every reason (BatchRejectedError);
+2. on PostgreSQL creates the telemetry partitions the batch needs (own short transaction);
+3. in one transaction: claims the batch's seqs in ``ingested_records`` with
+   ``INSERT ... ON CONFLICT DO NOTHING RETURNING seq`` (a concurrent ingester of the same seqs
+   waits for this one and then claims nothing), writes the rows of the newly claimed records
+   only (binary COPY on PostgreSQL, one per table; executemany on SQLite), applies command
+   acks, merges the reported state into the twin, advances the cloud mirror and stores the
+   events it raises; then commits.
+
+It returns after the commit, so a caller may acknowledge (HTTP 2xx, MQTT PUBACK) on return.
+Retried or replayed records are counted as duplicates and not stored again.
+
+``IngestionService.ingest_many`` (the MQTT consumer's group commit) stores several batches, of
+any batteries, in ONE transaction with the same steps: one claim statement for every key (sorted
+by battery and seq, so concurrent ingesters lock in one order), one COPY per table for every
+row, then per battery (sorted) its acks and one twin update with all its new telemetry.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from cloud.clock import resolve_now
+from cloud.db import bulk
+from cloud.db.engine import Database
+from cloud.db.models import (
+    BatteryRow,
+    CellEstimateRow,
+    CellPillar1Row,
+    CellPillar2Row,
+    CommandAckRow,
+    EisRow,
+    EventRow,
+    IngestedRecordRow,
+    PackRow,
+)
+from cloud.db.partitions import PartitionManager
+from cloud.errors import BatchRejectedError, NotFoundError, WrongBatteryError
+from cloud.services import reported as reported_state
+from cloud.services.commands import ack_effect, apply_ack
+from cloud.services.mirror import CloudEvent, CloudMirror
+from cloud.services.twins import lock_twin, merge_reported
+from cloud.settings import CloudSettings
+from twin.commands import CommandStatus
+from twin.estimation import SocEstimator
+from twin.topology import BatteryTopology
+from twin.uplink import (
+    AckRecord,
+    EisRecord,
+    EventRecord,
+    TelemetryRecord,
+    UplinkBatch,
+    UplinkRecord,
+)
+
+REPORTED_EVENT_TYPE = "twin.reported"
+"""An edge event whose ``data`` is merged into the twin's reported settings."""
+MAX_REASONS = 100
+_SQLITE_CHUNK = 500
+_MAX_CACHED_BATTERIES = 10_000
+
+_P1_COLUMNS = (
+    "battery_id",
+    "seq",
+    "ts",
+    "cell_id",
+    "voltage_v",
+    "temperature_c",
+    "current_a",
+    "sot",
+    "phase",
+    "soc",
+    "sos",
+)
+_P2_COLUMNS = (
+    "battery_id",
+    "seq",
+    "ts",
+    "cell_id",
+    "soc",
+    "soh",
+    "sos",
+    "equivalent_cycles",
+    "voltage_v",
+    "temperature_c",
+)
+_EST_COLUMNS = ("battery_id", "seq", "ts", "cell_id", "soc", "soc_std", "sos")
+_PACK_COLUMNS = (
+    "battery_id",
+    "seq",
+    "pack_index",
+    "ts",
+    "voltage_v",
+    "current_a",
+    "state",
+    "faults",
+)
+_EIS_COLUMNS = (
+    "battery_id",
+    "seq",
+    "row_index",
+    "ts",
+    "event_id",
+    "cell_id",
+    "status",
+    "frequency_hz",
+    "amplitude_ohm",
+    "phase_deg",
+    "current_offset_a",
+    "v_start_v",
+    "v_end_v",
+    "temperature_c",
+)
+_EVENT_COLUMNS = (
+    "battery_id",
+    "seq",
+    "source",
+    "ts",
+    "received_at",
+    "event_type",
+    "severity",
+    "message",
+    "cell_id",
+    "data",
+)
+_ACK_COLUMNS = (
+    "battery_id",
+    "seq",
+    "ts",
+    "command_id",
+    "status",
+    "reason",
+    "result",
+    "applied",
+    "note",
+)
+_CLAIM_SQL = (
+    "INSERT INTO ingested_records (battery_id, seq, kind, ts, received_at) "
+    "SELECT u.battery_id, u.seq, u.kind, u.ts, %s "
+    "FROM unnest(%s::text[], %s::int8[], %s::text[], %s::timestamptz[]) "
+    "AS u(battery_id, seq, kind, ts) "
+    "ON CONFLICT DO NOTHING RETURNING battery_id, seq"
+)
+
+
+class IngestResult(BaseModel):
+    """What one batch did: records newly stored, duplicates skipped, rows written."""
+
+    model_config = ConfigDict(frozen=True)
+
+    battery_id: str
+    accepted: int
+    """Records stored now."""
+    duplicates: int
+    """Records already stored before (retries, replays): skipped."""
+    accepted_by_kind: dict[str, int]
+    cell_rows: int
+    """Rows written to the cell time series (Pillar 1, Pillar 2, estimates)."""
+    acks_applied: int
+    cloud_events: int
+    """Events the cloud raised (mirror divergence)."""
+
+
+@dataclass(frozen=True)
+class _Battery:
+    topology: BatteryTopology
+    estimator: SocEstimator | None
+    parameters: dict[str, Any] | None
+
+
+def topology_reasons(batch: UplinkBatch, topology: BatteryTopology) -> list[str]:
+    """Every record naming a cell outside ``topology`` (the batch model's own rule)."""
+    reasons: list[str] = []
+    for record in batch.records:
+        outside = sorted(c for c in record.cell_ids() if not topology.contains(c))
+        if outside:
+            reasons.append(
+                f"record seq {record.seq}: cell_id {outside[0]} is outside the battery's "
+                f"topology (0..{topology.n_cells - 1})"
+            )
+            if len(reasons) >= MAX_REASONS:
+                break
+    return reasons
+
+
+def validation_reasons(exc: ValidationError) -> list[str]:
+    """One readable line per pydantic error (``records.3.pillar1.0.voltage_v: ...``)."""
+    lines = []
+    for error in exc.errors()[:MAX_REASONS]:
+        where = ".".join(str(p) for p in error["loc"]) or "batch"
+        lines.append(f"{where}: {error['msg']}")
+    return lines
+
+
+class IngestionService:
+    """Stores uplink batches; thread-safe, share one per process."""
+
+    def __init__(self, db: Database, settings: CloudSettings | None = None) -> None:
+        settings = settings or CloudSettings()
+        self.db = db
+        self.partitions = PartitionManager(db.engine, settings.telemetry_partition_span)
+        self.mirror = CloudMirror(settings.mirror_period_s, settings.mirror_divergence_soc)
+        self._batteries: dict[str, _Battery] = {}
+        self._lock = threading.Lock()
+
+    # -- entry points ---------------------------------------------------------------------------
+
+    def ingest_json(
+        self,
+        data: str | bytes,
+        device_battery_id: str | None = None,
+        *,
+        now: datetime | None = None,
+    ) -> IngestResult:
+        """Parse a batch's JSON and ingest it; BatchRejectedError lists what is malformed."""
+        try:
+            batch = UplinkBatch.model_validate_json(data)
+        except ValidationError as exc:
+            raise BatchRejectedError(device_battery_id or "?", validation_reasons(exc)) from None
+        return self.ingest(batch, device_battery_id, now=now)
+
+    def ingest(
+        self,
+        batch: UplinkBatch,
+        device_battery_id: str | None = None,
+        *,
+        now: datetime | None = None,
+    ) -> IngestResult:
+        """Store a batch whole (new records only) and return after the commit.
+
+        ``device_battery_id``: the battery of the device credential that sent the batch (None
+        for an operator or an internal caller); a batch of another battery is refused.
+        """
+        battery = self._checked(batch, device_battery_id)
+        return self._ingest_checked([(batch, battery)], resolve_now(now))[0]
+
+    def ingest_many(
+        self, batches: Sequence[UplinkBatch], *, now: datetime | None = None
+    ) -> list[IngestResult]:
+        """Store several batches (any batteries) in one transaction; results in input order.
+
+        Every batch is checked first (``check``): the first bad one raises before anything is
+        written, so callers that must not fail a group check each batch themselves first.
+        Batches of one battery are applied in the given order. A battery's ``acks_applied`` and
+        ``cloud_events`` are counted on its first batch.
+        """
+        prepared = [(batch, self._checked(batch, None)) for batch in batches]
+        if not prepared:
+            return []
+        return self._ingest_checked(prepared, resolve_now(now))
+
+    def check(self, batch: UplinkBatch, device_battery_id: str | None = None) -> None:
+        """Refuse a batch that cannot be stored, before any write: WrongBatteryError (another
+        battery's device), NotFoundError (battery not registered), BatchRejectedError (cells
+        outside the topology). May read the battery from the database once (then cached)."""
+        self._checked(batch, device_battery_id)
+
+    def forget_battery(self, battery_id: str) -> None:
+        """Drop the cached topology and cell model of a battery."""
+        with self._lock:
+            self._batteries.pop(battery_id, None)
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _checked(self, batch: UplinkBatch, device_battery_id: str | None) -> _Battery:
+        battery_id = batch.battery_id
+        if device_battery_id is not None and device_battery_id != battery_id:
+            raise WrongBatteryError(
+                f"a device of battery {device_battery_id!r} cannot write battery {battery_id!r}"
+            )
+        battery = self._battery(battery_id)
+        reasons = topology_reasons(batch, battery.topology)
+        if reasons:
+            raise BatchRejectedError(battery_id, reasons)
+        return battery
+
+    def _ingest_checked(
+        self, prepared: Sequence[tuple[UplinkBatch, _Battery]], now: datetime
+    ) -> list[IngestResult]:
+        cell_times = [
+            r.timestamp
+            for batch, _ in prepared
+            for r in batch.records
+            if isinstance(r, TelemetryRecord) and (r.pillar1 or r.pillar2 or r.estimates)
+        ]
+        self.partitions.ensure(cell_times)
+        try:
+            return self._store(prepared, now)
+        except Exception as exc:
+            if not _is_missing_partition(exc):
+                raise
+            self.partitions.forget()  # dropped behind our back: create again, once
+            self.partitions.ensure(cell_times)
+            return self._store(prepared, now)
+
+    def _battery(self, battery_id: str) -> _Battery:
+        cached = self._batteries.get(battery_id)
+        if cached is not None:
+            return cached
+        with self.db.read() as session:
+            row = session.get(BatteryRow, battery_id)
+            if row is None:
+                raise NotFoundError(f"battery {battery_id!r} is not registered")
+            topology = BatteryTopology.model_validate(row.topology)
+            parameters = row.cell_parameters
+        estimator = None if parameters is None else self.mirror.estimator(parameters)
+        battery = _Battery(topology, estimator, parameters)
+        with self._lock:
+            if len(self._batteries) >= _MAX_CACHED_BATTERIES:
+                self._batteries.clear()
+            self._batteries[battery_id] = battery
+        return battery
+
+    def _store(
+        self, prepared: Sequence[tuple[UplinkBatch, _Battery]], now: datetime
+    ) -> list[IngestResult]:
+        batches = [batch for batch, _ in prepared]
+        with self.db.write() as session:
+            claimed = self._claim(session, batches, now)
+            news: list[list[UplinkRecord]] = []
+            for batch in batches:
+                new: list[UplinkRecord] = []
+                for r in batch.records:
+                    key = (batch.battery_id, r.seq)
+                    if key in claimed:
+                        claimed.discard(key)  # a seq twice in the group: its first batch has it
+                        new.append(r)
+                news.append(new)
+            parts = [
+                (batch.battery_id, [r for r in new if isinstance(r, TelemetryRecord)])
+                for batch, new in zip(batches, news, strict=True)
+            ]
+            self._write_telemetry(session, parts)
+            eis = [
+                (batch.battery_id, [r for r in new if isinstance(r, EisRecord)])
+                for batch, new in zip(batches, news, strict=True)
+            ]
+            if any(records for _, records in eis):
+                bulk.write_rows(
+                    session,
+                    EisRow,
+                    _EIS_COLUMNS,
+                    itertools.chain.from_iterable(_eis_rows(b, rs) for b, rs in eis),
+                )
+            events = [
+                (batch.battery_id, e)
+                for batch, new in zip(batches, news, strict=True)
+                for e in new
+                if isinstance(e, EventRecord)
+            ]
+            if events:
+                bulk.write_rows(
+                    session,
+                    EventRow,
+                    _EVENT_COLUMNS,
+                    (_edge_event_row(b, e, now) for b, e in events),
+                )
+            per_battery = self._update_batteries(session, prepared, news, now)
+            cloud_events = [
+                (battery_id, e) for battery_id, (_, events_) in per_battery.items() for e in events_
+            ]
+            if cloud_events:
+                bulk.write_rows(
+                    session,
+                    EventRow,
+                    _EVENT_COLUMNS,
+                    (_cloud_event_row(b, e, now) for b, e in cloud_events),
+                )
+        results: list[IngestResult] = []
+        seen: set[str] = set()
+        for batch, new in zip(batches, news, strict=True):
+            battery_id = batch.battery_id
+            first = battery_id not in seen
+            seen.add(battery_id)
+            acks_applied, raised = per_battery.get(battery_id, (0, []))
+            kinds = Counter(r.kind for r in new)
+            results.append(
+                IngestResult(
+                    battery_id=battery_id,
+                    accepted=len(new),
+                    duplicates=len(batch.records) - len(new),
+                    accepted_by_kind={str(kind): n for kind, n in kinds.items()},
+                    cell_rows=sum(
+                        len(r.pillar1) + len(r.pillar2) + len(r.estimates)
+                        for r in new
+                        if isinstance(r, TelemetryRecord)
+                    ),
+                    acks_applied=acks_applied if first else 0,
+                    cloud_events=len(raised) if first else 0,
+                )
+            )
+        return results
+
+    def _update_batteries(
+        self,
+        session: Session,
+        prepared: Sequence[tuple[UplinkBatch, _Battery]],
+        news: Sequence[Sequence[UplinkRecord]],
+        now: datetime,
+    ) -> dict[str, tuple[int, list[CloudEvent]]]:
+        """Per battery (sorted: one lock order): its acks, then one twin update with all its
+        new telemetry. Returns acks applied and cloud events by battery."""
+        grouped: dict[str, tuple[_Battery, list[UplinkRecord]]] = {}
+        for (batch, battery), new in zip(prepared, news, strict=True):
+            entry = grouped.setdefault(batch.battery_id, (battery, []))
+            entry[1].extend(new)
+        out: dict[str, tuple[int, list[CloudEvent]]] = {}
+        for battery_id in sorted(grouped):
+            battery, records = grouped[battery_id]
+            acks = [r for r in records if isinstance(r, AckRecord)]
+            patches, acks_applied = self._apply_acks(session, battery_id, acks, now)
+            patches += [
+                reported_state.settings_patch(r.data)
+                for r in records
+                if isinstance(r, EventRecord) and r.event_type == REPORTED_EVENT_TYPE
+            ]
+            telemetry = sorted(
+                (r for r in records if isinstance(r, TelemetryRecord)), key=lambda r: r.seq
+            )
+            raised = self._update_twin(session, battery_id, battery, telemetry, patches, now)
+            out[battery_id] = (acks_applied, raised)
+        return out
+
+    def _claim(
+        self, session: Session, batches: Sequence[UplinkBatch], now: datetime
+    ) -> set[tuple[str, int]]:
+        """Insert the batches' keys (sorted by battery, seq); the keys this transaction inserted
+        (not seen before)."""
+        keys = sorted(
+            {
+                (batch.battery_id, r.seq): (r.kind, r.timestamp)
+                for batch in reversed(batches)  # a key twice: its first batch's values
+                for r in batch.records
+            }.items()
+        )
+        if self.db.is_postgresql:
+            driver = session.connection().connection.driver_connection
+            with driver.cursor() as cursor:  # type: ignore[union-attr]
+                cursor.execute(
+                    _CLAIM_SQL,
+                    (
+                        now,
+                        [k[0] for k, _ in keys],
+                        [k[1] for k, _ in keys],
+                        [v[0] for _, v in keys],
+                        [v[1] for _, v in keys],
+                    ),
+                )
+                return {(row[0], row[1]) for row in cursor.fetchall()}
+        claimed: set[tuple[str, int]] = set()
+        for start in range(0, len(keys), _SQLITE_CHUNK):
+            chunk = keys[start : start + _SQLITE_CHUNK]
+            statement = (
+                sqlite_insert(IngestedRecordRow)
+                .values(
+                    [
+                        {
+                            "battery_id": battery_id,
+                            "seq": seq,
+                            "kind": kind,
+                            "ts": ts,
+                            "received_at": now,
+                        }
+                        for (battery_id, seq), (kind, ts) in chunk
+                    ]
+                )
+                .on_conflict_do_nothing()
+                .returning(IngestedRecordRow.battery_id, IngestedRecordRow.seq)
+            )
+            claimed.update((row[0], row[1]) for row in session.execute(statement))
+        return claimed
+
+    @staticmethod
+    def _write_telemetry(
+        session: Session, parts: Sequence[tuple[str, Sequence[TelemetryRecord]]]
+    ) -> None:
+        """One COPY (or executemany) per table for the telemetry of every battery."""
+
+        def rows(convert: _RowsOf) -> Iterable[bulk.Row]:
+            return itertools.chain.from_iterable(convert(b, rs) for b, rs in parts if rs)
+
+        records = [r for _, rs in parts for r in rs]
+        if not records:
+            return
+        if any(r.pillar1 for r in records):
+            bulk.write_rows(session, CellPillar1Row, _P1_COLUMNS, rows(_pillar1_rows))
+        if any(r.pillar2 for r in records):
+            bulk.write_rows(session, CellPillar2Row, _P2_COLUMNS, rows(_pillar2_rows))
+        if any(r.estimates for r in records):
+            bulk.write_rows(session, CellEstimateRow, _EST_COLUMNS, rows(_estimate_rows))
+        if any(r.packs for r in records):
+            bulk.write_rows(session, PackRow, _PACK_COLUMNS, rows(_pack_rows))
+
+    @staticmethod
+    def _apply_acks(
+        session: Session, battery_id: str, acks: Sequence[AckRecord], now: datetime
+    ) -> tuple[list[reported_state.JsonObject], int]:
+        """Apply acks in command-id order (one lock order for every writer of commands)."""
+        patches: list[reported_state.JsonObject] = []
+        rows = []
+        applied = 0
+        for record in sorted(acks, key=lambda r: (str(r.ack.command_id), r.seq)):
+            ack = record.ack
+            command, note = apply_ack(session, battery_id, ack, now)
+            if note is None and command is not None:
+                applied += 1
+                if ack.status is CommandStatus.SUCCEEDED:
+                    patches.append(ack_effect(command.payload))
+            rows.append(
+                (
+                    battery_id,
+                    record.seq,
+                    record.timestamp,
+                    ack.command_id,
+                    ack.status.value,
+                    ack.reason,
+                    ack.result,
+                    note is None,
+                    note,
+                )
+            )
+        if rows:
+            bulk.write_rows(session, CommandAckRow, _ACK_COLUMNS, rows)
+        return patches, applied
+
+    def _update_twin(
+        self,
+        session: Session,
+        battery_id: str,
+        battery: _Battery,
+        telemetry: Sequence[TelemetryRecord],
+        patches: list[reported_state.JsonObject],
+        now: datetime,
+    ) -> list[CloudEvent]:
+        """Merge reported values and advance the mirror, under the twin row's lock."""
+        if not telemetry and not any(patches):
+            return []
+        row = lock_twin(session, battery_id)
+        patch: reported_state.JsonObject = {}
+        for extra in patches:
+            patch.update(extra)
+        patch.update(reported_state.telemetry_patch(telemetry, row.reported))
+        merge_reported(row, reported_state.with_aggregates(row.reported, patch), now)
+        if battery.estimator is None or battery.parameters is None:
+            return []
+        if not any(r.pillar1 for r in telemetry):
+            return []
+        step = self.mirror.advance(
+            row.estimator_state, battery.estimator, battery.topology.n_cells, telemetry
+        )
+        row.estimator_state = step.state
+        return step.events
+
+
+_RowsOf = Callable[[str, Sequence[TelemetryRecord]], Iterator[bulk.Row]]
+
+
+def _is_missing_partition(exc: BaseException) -> bool:
+    """A PostgreSQL 'no partition of relation ... found for row' error."""
+    return getattr(exc, "sqlstate", None) == "23514" and "no partition" in str(exc)
+
+
+def _pillar1_rows(battery_id: str, records: Sequence[TelemetryRecord]) -> Iterator[bulk.Row]:
+    for r in records:
+        seq, ts = r.seq, r.timestamp
+        for m in r.pillar1:
+            yield (
+                battery_id,
+                seq,
+                ts,
+                m.cell_id,
+                m.voltage_v,
+                m.temperature_c,
+                m.current_a,
+                m.sot,
+                m.phase,
+                m.soc,
+                m.sos,
+            )
+
+
+def _pillar2_rows(battery_id: str, records: Sequence[TelemetryRecord]) -> Iterator[bulk.Row]:
+    for r in records:
+        seq, ts = r.seq, r.timestamp
+        for m in r.pillar2:
+            yield (
+                battery_id,
+                seq,
+                ts,
+                m.cell_id,
+                m.soc,
+                m.soh,
+                m.sos,
+                m.equivalent_cycles,
+                m.voltage_v,
+                m.temperature_c,
+            )
+
+
+def _estimate_rows(battery_id: str, records: Sequence[TelemetryRecord]) -> Iterator[bulk.Row]:
+    for r in records:
+        seq, ts = r.seq, r.timestamp
+        for m in r.estimates:
+            yield (battery_id, seq, ts, m.cell_id, m.soc, m.soc_std, m.sos)
+
+
+def _pack_rows(battery_id: str, records: Sequence[TelemetryRecord]) -> Iterator[bulk.Row]:
+    for r in records:
+        for p in r.packs:
+            yield (
+                battery_id,
+                r.seq,
+                p.pack_index,
+                r.timestamp,
+                p.voltage_v,
+                p.current_a,
+                p.state,
+                list(p.faults),
+            )
+
+
+def _eis_rows(battery_id: str, records: Sequence[EisRecord]) -> Iterator[bulk.Row]:
+    for r in records:
+        for index, m in enumerate(r.rows):
+            yield (
+                battery_id,
+                r.seq,
+                index,
+                r.timestamp,
+                m.event_id,
+                m.cell_id,
+                m.status,
+                m.frequency_hz,
+                m.amplitude_ohm,
+                m.phase_deg,
+                m.current_offset_a,
+                m.v_start_v,
+                m.v_end_v,
+                m.temperature_c,
+            )
+
+
+def _edge_event_row(battery_id: str, e: EventRecord, now: datetime) -> bulk.Row:
+    return (
+        battery_id,
+        e.seq,
+        "edge",
+        e.timestamp,
+        now,
+        e.event_type,
+        e.severity.value,
+        e.message,
+        e.cell_id,
+        dict(e.data),
+    )
+
+
+def _cloud_event_row(battery_id: str, e: CloudEvent, now: datetime) -> bulk.Row:
+    return (
+        battery_id,
+        None,
+        "cloud",
+        e.ts,
+        now,
+        e.event_type,
+        e.severity.value,
+        e.message,
+        e.cell_id,
+        dict(e.data),
+    )

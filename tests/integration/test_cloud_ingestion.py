@@ -1,0 +1,356 @@
+"""Ingestion on SQLite and a real PostgreSQL: whole-or-nothing, idempotency, concurrency,
+partitions, the twin's reported state, acks and events; kill -9 of PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cloud_db_support import (
+    BACKENDS,
+    T0,
+    batch,
+    count,
+    migrated_database,
+    register,
+    telemetry,
+    telemetry_batch,
+)
+from sqlalchemy import select, text
+
+from cloud.db.engine import Database
+from cloud.db.migrate import upgrade
+from cloud.db.models import (
+    CellEstimateRow,
+    CellPillar1Row,
+    CellPillar2Row,
+    CommandAckRow,
+    EisRow,
+    EventRow,
+    IngestedRecordRow,
+    PackRow,
+)
+from cloud.db.partitions import list_partitions
+from cloud.errors import BatchRejectedError, NotFoundError, WrongBatteryError
+from cloud.services.commands import CommandService
+from cloud.services.ingestion import IngestionService
+from cloud.services.twins import TwinService
+from cloud.settings import CloudSettings
+from hil.services import PostgresServer
+from twin.commands import CommandStatus, ReportingPeriod
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(params=BACKENDS)
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    with migrated_database(request, tmp_path) as database:
+        register(database)
+        yield database
+
+
+def _settings(**overrides: Any) -> CloudSettings:
+    return CloudSettings(_env_file=None, **overrides)  # type: ignore[call-arg]
+
+
+@pytest.fixture
+def ingestion(db: Database) -> IngestionService:
+    return IngestionService(db, _settings(telemetry_partition_span="day"))
+
+
+def _stored_seqs(db: Database, battery_id: str = "B-1") -> list[int]:
+    with db.read() as session:
+        return list(
+            session.scalars(
+                select(IngestedRecordRow.seq)
+                .where(IngestedRecordRow.battery_id == battery_id)
+                .order_by(IngestedRecordRow.seq)
+            )
+        )
+
+
+def test_a_batch_is_stored_with_every_row(db: Database, ingestion: IngestionService) -> None:
+    result = ingestion.ingest(telemetry_batch([1, 2, 3], pillar2=True))
+    assert result.accepted == 3 and result.duplicates == 0
+    assert result.accepted_by_kind == {"telemetry": 3}
+    assert result.cell_rows == 3 * 8 * 3  # pillar1 + pillar2 + estimates
+    assert count(db, CellPillar1Row) == 24
+    assert count(db, CellPillar2Row) == 24
+    assert count(db, CellEstimateRow) == 24
+    assert count(db, PackRow) == 3
+    assert _stored_seqs(db) == [1, 2, 3]
+    with db.read() as session:
+        row = session.scalars(
+            select(CellPillar1Row).where(CellPillar1Row.seq == 2, CellPillar1Row.cell_id == 5)
+        ).one()
+    assert row.ts == T0 + timedelta(seconds=2)
+    assert row.voltage_v == pytest.approx(3.2 + 0.05 + 0.002)
+
+
+def test_a_bad_record_rejects_the_whole_batch(db: Database, ingestion: IngestionService) -> None:
+    bad = batch([telemetry(1), telemetry(2, cells=[0, 9]), telemetry(3, cells=[12])])
+    with pytest.raises(BatchRejectedError) as caught:
+        ingestion.ingest(bad)
+    assert caught.value.reasons == [
+        "record seq 2: cell_id 9 is outside the battery's topology (0..7)",
+        "record seq 3: cell_id 12 is outside the battery's topology (0..7)",
+    ]
+    assert _stored_seqs(db) == []
+    assert count(db, CellPillar1Row) == 0
+
+
+def test_a_failure_inside_the_transaction_writes_nothing(
+    db: Database, ingestion: IngestionService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows already written when a later step fails are rolled back with it."""
+
+    def explode(*_args: Any, **_kwargs: Any) -> Any:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(IngestionService, "_update_twin", explode)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        ingestion.ingest(telemetry_batch([1, 2]))
+    assert _stored_seqs(db) == []
+    assert count(db, CellPillar1Row) == 0
+    monkeypatch.undo()
+    assert ingestion.ingest(telemetry_batch([1, 2])).accepted == 2  # the retry stores it
+
+
+def test_malformed_json_is_rejected_with_reasons(ingestion: IngestionService) -> None:
+    body = (
+        '{"battery_id": "B-1", "records": [{"kind": "telemetry", "seq": 1, '
+        '"timestamp": "2025-01-01T00:00:00Z", "pillar1": [{"cell_id": 0, "voltage_v": 99, '
+        '"temperature_c": 20, "current_a": 0, "soc": 0.5, "sos": 1}]}]}'
+    )
+    with pytest.raises(BatchRejectedError) as caught:
+        ingestion.ingest_json(body, "B-1")
+    assert any("voltage_v" in reason for reason in caught.value.reasons)
+
+
+def test_unknown_battery_and_wrong_device(ingestion: IngestionService) -> None:
+    with pytest.raises(NotFoundError):
+        ingestion.ingest(telemetry_batch([1], battery_id="nope"))
+    with pytest.raises(WrongBatteryError):
+        ingestion.ingest(telemetry_batch([1]), device_battery_id="B-2")
+
+
+def test_a_retried_batch_is_stored_once(db: Database, ingestion: IngestionService) -> None:
+    first = ingestion.ingest(telemetry_batch([1, 2, 3]))
+    again = ingestion.ingest(telemetry_batch([1, 2, 3]))
+    assert (first.accepted, first.duplicates) == (3, 0)
+    assert (again.accepted, again.duplicates, again.cell_rows) == (0, 3, 0)
+    overlap = ingestion.ingest(telemetry_batch([3, 4, 5]))
+    assert (overlap.accepted, overlap.duplicates) == (2, 1)
+    assert _stored_seqs(db) == [1, 2, 3, 4, 5]
+    assert count(db, CellPillar1Row) == 5 * 8
+    assert count(db, CellEstimateRow) == 5 * 8
+
+
+def _run_concurrently(work: Callable[[], Any], n: int = 2) -> list[Any]:
+    barrier = threading.Barrier(n)
+    results: list[Any] = [None] * n
+
+    def run(i: int) -> None:
+        barrier.wait()
+        try:
+            results[i] = work()
+        except Exception as exc:  # reported below
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return results
+
+
+def test_the_same_batch_from_two_threads_is_stored_once(db: Database) -> None:
+    the_batch = telemetry_batch(range(1, 41))
+    services = [IngestionService(db, _settings()) for _ in range(2)]
+    queue = list(services)
+    results = _run_concurrently(lambda: queue.pop().ingest(the_batch))
+    assert all(not isinstance(r, Exception) for r in results), results
+    assert sorted(r.accepted for r in results) == [0, 40]
+    assert sorted(r.duplicates for r in results) == [0, 40]
+    assert _stored_seqs(db) == list(range(1, 41))
+    assert count(db, CellPillar1Row) == 40 * 8
+    assert count(db, PackRow) == 40
+
+
+def test_overlapping_batches_from_two_threads_store_each_seq_once(db: Database) -> None:
+    batches = [telemetry_batch(range(1, 31)), telemetry_batch(range(21, 51))]
+    service = IngestionService(db, _settings())
+    results = _run_concurrently(lambda: service.ingest(batches.pop()))
+    assert all(not isinstance(r, Exception) for r in results), results
+    assert sum(r.accepted for r in results) == 50
+    assert sum(r.duplicates for r in results) == 10
+    assert _stored_seqs(db) == list(range(1, 51))
+    assert count(db, CellPillar1Row) == 50 * 8
+    reported: dict[str, Any] = TwinService(db).get("B-1").reported
+    assert reported["seq"] == 50
+    assert {c["seq"] for c in reported["cells"].values()} == {50}
+
+
+def test_partitions_are_created_by_ingestion(db: Database, ingestion: IngestionService) -> None:
+    days = [T0, T0 + timedelta(days=1), T0 + timedelta(days=40)]
+    ingestion.ingest(batch([telemetry(i + 1, ts=ts) for i, ts in enumerate(days)]))
+    assert count(db, CellPillar1Row) == 24
+    if not db.is_postgresql:
+        return
+    with db.engine.connect() as conn:
+        names = list_partitions(conn, "cell_pillar1")
+        per_partition = {
+            name: conn.execute(text(f'SELECT count(*) FROM "{name}"')).scalar() for name in names
+        }
+    assert per_partition == {
+        "cell_pillar1_p20250301": 8,
+        "cell_pillar1_p20250302": 8,
+        "cell_pillar1_p20250410": 8,
+    }
+
+
+def test_a_dropped_partition_is_created_again(db: Database, ingestion: IngestionService) -> None:
+    ingestion.ingest(telemetry_batch([1]))
+    if db.is_postgresql:
+        with db.engine.begin() as conn:
+            for table in ("cell_pillar1", "cell_pillar2", "cell_estimates"):
+                conn.execute(text(f'DROP TABLE "{table}_p20250301"'))
+    assert ingestion.ingest(telemetry_batch([2])).accepted == 1
+    assert count(db, CellPillar1Row) == (8 if db.is_postgresql else 16)
+
+
+def test_reported_state_holds_the_newest_values(db: Database, ingestion: IngestionService) -> None:
+    ingestion.ingest(telemetry_batch([1, 2, 3]))
+    ingestion.ingest(batch([telemetry(4, cells=[0, 1], voltage_v=3.9)]))
+    twin = TwinService(db).get("B-1")
+    reported: dict[str, Any] = twin.reported
+    assert reported["seq"] == 4
+    assert reported["cells"]["0"]["voltage_v"] == 3.9
+    assert reported["cells"]["0"]["seq"] == 4
+    assert reported["cells"]["7"]["seq"] == 3
+    assert reported["cells"]["7"]["voltage_v"] == pytest.approx(3.2 + 0.07 + 0.003)
+    assert reported["packs"]["0"]["voltage_v"] == 26.0
+    assert reported["estimates"]["3"]["soc"] == 0.5
+    aggregates = reported["aggregates"]
+    assert aggregates["cell_count"] == 8
+    assert aggregates["voltage_max_v"] == 3.9
+    assert aggregates["voltage_min_v"] == pytest.approx(3.2 + 0.02 + 0.003)
+    assert aggregates["soc_mean"] == 0.5
+    assert "cells.0.voltage_v" in twin.metadata.reported
+    assert twin.version == 0  # reported changes do not bump the version
+
+
+def test_an_older_batch_does_not_overwrite_newer_values(
+    db: Database, ingestion: IngestionService
+) -> None:
+    ingestion.ingest(batch([telemetry(10, voltage_v=3.5)]))
+    ingestion.ingest(batch([telemetry(5, voltage_v=3.1)]))  # late arrival
+    reported: dict[str, Any] = TwinService(db).get("B-1").reported
+    assert reported["seq"] == 10
+    assert reported["cells"]["0"]["voltage_v"] == 3.5
+    assert _stored_seqs(db) == [5, 10]
+
+
+def test_eis_events_and_acks(db: Database, ingestion: IngestionService) -> None:
+    commands = CommandService(db)
+    command = commands.create("B-1", ReportingPeriod(period_s=5.0), ttl_s=3600, now=T0)
+    command_id = str(command.command_id)
+    eis_rows = [
+        {
+            "event_id": "eis-1",
+            "cell_id": 2,
+            "frequency_hz": f,
+            "amplitude_ohm": 0.01 + f / 1e5,
+            "phase_deg": -10.0,
+            "v_start_v": 3.6,
+            "v_end_v": 3.6,
+            "temperature_c": 25.0,
+        }
+        for f in (1000.0, 100.0, 10.0)
+    ]
+    records = [
+        {"kind": "eis", "seq": 1, "timestamp": T0.isoformat(), "rows": eis_rows},
+        {
+            "kind": "event",
+            "seq": 2,
+            "timestamp": T0.isoformat(),
+            "event_type": "bms.alarm",
+            "severity": "alarm",
+            "message": "over-temperature",
+            "cell_id": 3,
+            "data": {"t": 61},
+        },
+        {
+            "kind": "ack",
+            "seq": 3,
+            "timestamp": T0.isoformat(),
+            "ack": {"command_id": command_id, "status": "succeeded", "timestamp": T0.isoformat()},
+        },
+        {
+            "kind": "ack",
+            "seq": 4,
+            "timestamp": T0.isoformat(),
+            "ack": {
+                "command_id": command_id,
+                "status": "failed",
+                "reason": "late duplicate",
+                "timestamp": T0.isoformat(),
+            },
+        },
+        {
+            "kind": "event",
+            "seq": 5,
+            "timestamp": T0.isoformat(),
+            "event_type": "twin.reported",
+            "data": {"eis_schedule": None, "firmware": "1.2.3", "cells": "ignored"},
+        },
+    ]
+    result = ingestion.ingest(batch(records), "B-1", now=T0 + timedelta(seconds=1))
+    assert result.accepted_by_kind == {"eis": 1, "event": 2, "ack": 2}
+    assert result.acks_applied == 1
+    assert count(db, EisRow) == 3
+    assert count(db, EventRow) == 2
+    assert count(db, CommandAckRow) == 2
+    view = commands.get("B-1", command.command_id, now=T0 + timedelta(seconds=2))
+    assert view.status is CommandStatus.SUCCEEDED
+    with db.read() as session:
+        acks = session.scalars(select(CommandAckRow).order_by(CommandAckRow.seq)).all()
+    assert [(a.applied, a.note) for a in acks] == [
+        (True, None),
+        (False, "command is already succeeded"),
+    ]
+    reported: dict[str, Any] = TwinService(db).get("B-1").reported
+    assert reported["reporting_period_s"] == 5.0  # the succeeded command's effect
+    assert reported["firmware"] == "1.2.3"
+    assert "cells" not in reported  # telemetry keys cannot be set by an event
+    again = ingestion.ingest(batch(records), "B-1")
+    assert again.duplicates == 5 and count(db, EisRow) == 3
+
+
+def test_nothing_committed_is_lost_across_a_postgresql_kill(
+    make_postgres_server: Callable[..., PostgresServer],
+) -> None:
+    server = make_postgres_server()  # fsync on: a crash keeps what was committed
+    url = server.create_database("crash")
+    upgrade(url)
+    db = Database.from_url(url)
+    try:
+        register(db)
+        service = IngestionService(db, _settings())
+        assert service.ingest(telemetry_batch(range(1, 21))).accepted == 20
+        server.kill()
+        with pytest.raises(Exception):  # noqa: B017 - the database is gone: any driver error
+            service.ingest(telemetry_batch(range(21, 41)))
+        server.restart()
+        result = service.ingest(telemetry_batch(range(11, 41)))  # the client retries
+        assert (result.accepted, result.duplicates) == (20, 10)
+        assert _stored_seqs(db) == list(range(1, 41))
+        assert count(db, CellPillar1Row) == 40 * 8
+        assert TwinService(db).get("B-1").reported["seq"] == 40
+    finally:
+        db.dispose()
