@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from b2l.arg_types import fraction
 from b2l.files import read_text, write_atomically
 
 SETTLE_S = 900.0
@@ -33,7 +34,7 @@ def add_estimate(cell_subparsers: Any) -> None:
     parser.add_argument("--input", type=Path, required=True, help="cell log (CSV)")
     parser.add_argument(
         "--initial-soc",
-        type=_fraction,
+        type=fraction,
         default=None,
         metavar="X",
         help="initial SoC guess, 0..1 (default: from the first voltage sample)",
@@ -41,16 +42,6 @@ def add_estimate(cell_subparsers: Any) -> None:
     parser.add_argument("-o", "--output", type=Path, required=True, help="output CSV")
     parser.add_argument("--json-summary", action="store_true", help="print a JSON summary")
     parser.set_defaults(handler=_estimate)
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{value} is not a SoC fraction in 0..1")
-    return value
 
 
 def _estimate(args: argparse.Namespace) -> int:

@@ -11,10 +11,19 @@ import os
 import sys
 from collections.abc import Sequence
 
-from b2l import cell_cmd, cloud_cmd, hil_cmd, protocol_cmd, schema_cmd, sim_cmd
+from b2l import cell_cmd, cloud_cmd, demo_cmd, edge_cmd, hil_cmd, protocol_cmd, schema_cmd, sim_cmd
 from twin.errors import B2LError
 
-COMMAND_GROUPS = (schema_cmd, protocol_cmd, hil_cmd, cell_cmd, sim_cmd, cloud_cmd)
+COMMAND_GROUPS = (
+    demo_cmd,
+    cloud_cmd,
+    edge_cmd,
+    sim_cmd,
+    cell_cmd,
+    hil_cmd,
+    protocol_cmd,
+    schema_cmd,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -28,9 +28,12 @@ import math
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
 
 from cloud.errors import (
     AlreadyExistsError,
@@ -71,6 +74,8 @@ ERROR_STATUS: dict[type[BaseException], int] = {
     B2LError: 400,
 }
 """Status by error class; add a class here to give it its own status."""
+BODY_PARSE_ERROR = "There was an error parsing the body"
+"""FastAPI's 400 detail for a body it cannot decode (answered as a 422 instead)."""
 
 
 class ErrorBody(BaseModel):
@@ -149,6 +154,16 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": errors}, status_code=422)
 
 
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """FastAPI's own HTTP errors, except its 400 for a body that does not decode (not UTF-8
+    JSON): that is a 422 of the one validation shape, like every other bad body."""
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400 and exc.detail == BODY_PARSE_ERROR:
+        error = {"loc": ["body"], "msg": "the body is not valid UTF-8 JSON", "type": "json_invalid"}
+        return JSONResponse({"detail": [error]}, status_code=422)
+    return await http_exception_handler(request, exc)
+
+
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     log.error(
         "unhandled error on %s %s",
@@ -164,5 +179,6 @@ def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers above on ``app``."""
     app.add_exception_handler(B2LError, _b2l_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(ValidationError, _validation_error)  # a model built from input
     app.add_exception_handler(Exception, _unexpected_error)

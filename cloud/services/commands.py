@@ -191,6 +191,45 @@ def apply_ack(
     return row, f"command is already {old.value}"
 
 
+def queue_command(
+    session: Session,
+    battery_id: str,
+    payload: Any,
+    now: datetime,
+    ttl_s: float,
+    created_by: str | None,
+) -> CommandRow:
+    """Add a queued command (a parsed payload) and its first transition to ``session``."""
+    row = CommandRow(
+        command_id=uuid.uuid4(),
+        battery_id=battery_id,
+        command_type=payload.type,
+        payload=payload.model_dump(mode="json", exclude_none=True),
+        status=CommandStatus.QUEUED.value,
+        created_at=now,
+        expires_at=now + timedelta(seconds=ttl_s),
+        created_by=created_by,
+        delivered_at=None,
+        delivery_count=0,
+        completed_at=None,
+        reason=None,
+        result=None,
+        updated_at=now,
+    )
+    session.add(row)
+    session.flush()
+    session.add(
+        CommandTransitionRow(
+            command_id=row.command_id,
+            old_status=None,
+            new_status=CommandStatus.QUEUED.value,
+            at=now,
+            detail=None,
+        )
+    )
+    return row
+
+
 class CommandService:
     """Create, deliver, acknowledge, cancel and expire commands."""
 
@@ -215,33 +254,7 @@ class CommandService:
         parsed = parse_payload(payload)
         with self.db.write() as session:
             get_battery_row(session, battery_id)
-            row = CommandRow(
-                command_id=uuid.uuid4(),
-                battery_id=battery_id,
-                command_type=parsed.type,
-                payload=parsed.model_dump(mode="json", exclude_none=True),
-                status=CommandStatus.QUEUED.value,
-                created_at=now,
-                expires_at=now + timedelta(seconds=ttl_s),
-                created_by=created_by,
-                delivered_at=None,
-                delivery_count=0,
-                completed_at=None,
-                reason=None,
-                result=None,
-                updated_at=now,
-            )
-            session.add(row)
-            session.flush()
-            session.add(
-                CommandTransitionRow(
-                    command_id=row.command_id,
-                    old_status=None,
-                    new_status=CommandStatus.QUEUED.value,
-                    at=now,
-                    detail=None,
-                )
-            )
+            row = queue_command(session, battery_id, parsed, now, ttl_s, created_by)
             return command_view(row)
 
     def get(

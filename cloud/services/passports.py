@@ -224,9 +224,7 @@ class PassportService:
         _check_reason(reason)
         with self.db.write() as session:
             row = _row(session, battery_id, lock=True)
-            return self._change_locked(
-                session, row, new_status, by, reason, now, _actor(actor, by)
-            )
+            return self._change_locked(session, row, new_status, by, reason, now, _actor(actor, by))
 
     @staticmethod
     def _change_locked(

@@ -6,6 +6,11 @@ patch writes only the desired side, ingestion only the reported side, so neither
 other. ``delta`` is computed on read. A desired patch is an
 ``UPDATE ... WHERE version = :read_version``: of two concurrent patches based on one version,
 exactly one changes a row; the other gets VersionConflictError.
+
+A desired change the edge must act on (reporting period, ECM parameters) is also queued as a
+durable command in the same transaction (``queue_desired_commands``), superseding the older
+unacknowledged one: an edge that was offline gets it when it fetches its pending commands on
+reconnect, and its acknowledgement (a ``twin.reported`` event) clears the delta.
 """
 
 from __future__ import annotations
@@ -18,8 +23,10 @@ from sqlalchemy.orm import Session
 
 from cloud.clock import resolve_now
 from cloud.db.engine import Database
-from cloud.db.models import TwinRow
+from cloud.db.models import CommandRow, TwinRow
 from cloud.errors import ConcurrentUpdateError, NotFoundError
+from cloud.services.commands import MAX_TTL_S, queue_command, transition
+from twin.commands import CommandStatus, EcmParameters, ReportingPeriod
 from twin.errors import VersionConflictError
 from twin.twin_document import (
     JsonObject,
@@ -81,6 +88,50 @@ def merge_reported(row: TwinRow, patch: JsonObject, now: datetime) -> None:
     row.updated_at = now
 
 
+DESIRED_SOURCE = "twin.desired"
+"""``created_by`` of the commands that carry desired-state changes to the edge."""
+DESIRED_COMMAND_TTL_S = MAX_TTL_S
+"""They wait this long for an offline edge (the longest TTL a command may have)."""
+
+
+def desired_payloads(old: JsonObject, new: JsonObject) -> list[Any]:
+    """The command payloads that bring an edge from desired state ``old`` to ``new``.
+
+    A changed ``reporting_period_s`` becomes a ``ReportingPeriod`` without end, changed
+    ``ecm_parameters`` an ``EcmParameters`` command; a removed key asks for nothing (the edge
+    keeps what it runs). ``eis_schedule`` stays in the twin: the cloud asks for each sweep.
+    """
+    payloads: list[Any] = []
+    period = new.get("reporting_period_s")
+    if isinstance(period, int | float) and period != old.get("reporting_period_s"):
+        payloads.append(ReportingPeriod(period_s=float(period)))
+    ecm = new.get("ecm_parameters")
+    if ecm is not None and ecm != old.get("ecm_parameters"):
+        payloads.append(EcmParameters.model_validate(ecm))
+    return payloads
+
+
+def queue_desired_commands(
+    session: Session, battery_id: str, old: JsonObject, new: JsonObject, now: datetime
+) -> None:
+    """Queue the commands of a desired-state change in the patch's transaction, cancelling the
+    not yet acknowledged ones of the same type it supersedes (the edge only needs the last)."""
+    for payload in desired_payloads(old, new):
+        superseded = session.scalars(
+            select(CommandRow)
+            .where(
+                CommandRow.battery_id == battery_id,
+                CommandRow.command_type == payload.type,
+                CommandRow.created_by == DESIRED_SOURCE,
+                CommandRow.status.in_([CommandStatus.QUEUED.value, CommandStatus.DELIVERED.value]),
+            )
+            .with_for_update()
+        )
+        for row in superseded:
+            transition(session, row, CommandStatus.CANCELLED, now, detail="superseded")
+        queue_command(session, battery_id, payload, now, DESIRED_COMMAND_TTL_S, DESIRED_SOURCE)
+
+
 class TwinService:
     """Read twins; patch their desired state (If-Match)."""
 
@@ -131,6 +182,9 @@ class TwinService:
                 patched = patch_desired(current, patch, now, if_match=if_match)
                 won = self._store_desired(session, current.version, patched, now)
                 if won:
+                    queue_desired_commands(
+                        session, battery_id, current.desired, patched.desired, now
+                    )
                     return patched
                 if if_match is not None:
                     actual = session.scalar(

@@ -106,6 +106,30 @@ def test_two_concurrent_patches_on_one_version_cannot_both_win(db: Database) -> 
         assert stored.desired == winners[0].desired
 
 
+def test_desired_changes_become_commands_for_the_edge(db: Database) -> None:
+    twins, commands = TwinService(db), CommandService(db)
+    twins.patch_desired("B-1", {"reporting_period_s": 5.0}, if_match=0, now=T0)
+    first = commands.pending("B-1", now=T0)
+    assert [c.payload for c in first] == [ReportingPeriod(period_s=5.0)]
+    # a newer period supersedes the unacknowledged one; the edge only gets the last
+    ecm = EcmParameters(version=2, r0_ohm=0.02, rc_pairs=[RcPair(r_ohm=0.01, c_f=1000.0)])
+    twins.patch_desired(
+        "B-1",
+        {"reporting_period_s": 2.0, "ecm_parameters": ecm.model_dump(mode="json")},
+        if_match=1,
+        now=T0 + timedelta(seconds=1),
+    )
+    pending = commands.pending("B-1", now=T0 + timedelta(seconds=2))
+    assert sorted((c.payload for c in pending), key=lambda p: p.type) == [
+        ecm,
+        ReportingPeriod(period_s=2.0),
+    ]
+    assert commands.get("B-1", first[0].command_id).status is CommandStatus.CANCELLED
+    # an unchanged value or a removed key asks the edge for nothing
+    twins.patch_desired("B-1", {"reporting_period_s": 2.0, "ecm_parameters": None}, if_match=2)
+    assert len(commands.pending("B-1", now=T0 + timedelta(seconds=3))) == 2
+
+
 def test_unconditional_patches_all_apply(db: Database) -> None:
     twins = TwinService(db)
     threads = [

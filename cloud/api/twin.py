@@ -1,0 +1,136 @@
+"""``/api/v1/batteries/{battery_id}/twin``: the twin document, its desired state, the mirror.
+
+- ``GET …/twin``: ``version``, ``reported``, ``desired``, ``delta``, ``metadata``; the ``ETag``
+  header is the desired-state version (``"3"``), the value to send back in ``If-Match``.
+- ``PATCH …/twin/desired``: a JSON Merge Patch (RFC 7396) of the desired state. With
+  ``If-Match: "<version>"`` it applies only to that version: a stale one is a 412 (whose
+  ``ETag`` header is the current version). Without ``If-Match`` the patch is merged into
+  whatever version is current (retried on a concurrent change); if it keeps losing to
+  concurrent writers it is a 409. ``If-Match: *`` is the same as no header.
+- ``GET …/twin/mirror``: the cloud mirror's SoC estimate (``cloud.services.mirror``).
+
+The version counts desired-state changes only (reported values change every second), so the
+ETag is not a validator of the reported part: there is no conditional GET.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Response
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+
+from cloud.api.deps import Access, DatabaseDep, NowDep, require
+from cloud.api.errors import BATTERY_RESPONSES, ErrorBody
+from cloud.security.policy import Action, Category
+from cloud.services.mirror import MirrorService, MirrorView
+from cloud.services.twins import TwinService
+from twin.commands import MAX_REPORTING_PERIOD_S, MIN_REPORTING_PERIOD_S
+from twin.twin_document import TwinDocument
+
+router = APIRouter(prefix="/api/v1", tags=["twin"])
+
+IF_MATCH_PATTERN = r'^\s*(\*|"[0-9]{1,18}"|[0-9]{1,18})\s*$'
+PATCH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **BATTERY_RESPONSES,
+    409: {
+        "model": ErrorBody,
+        "description": "Without If-Match: the patch kept losing to concurrent changes; retry",
+    },
+    412: {
+        "model": ErrorBody,
+        "description": "If-Match names a stale version; the ETag header is the current one",
+    },
+}
+
+
+class DesiredPatch(BaseModel):
+    """A JSON Merge Patch of the desired state: a key set to ``null`` is removed, objects are
+    merged key by key, and the result must be a valid desired state."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reporting_period_s: (
+        Annotated[float, Field(ge=MIN_REPORTING_PERIOD_S, le=MAX_REPORTING_PERIOD_S)] | None
+    ) = Field(default=None, description="Seconds between reports")
+    ecm_parameters: dict[str, JsonValue] | None = Field(
+        default=None, description="Equivalent-circuit parameters (twin.commands.EcmParameters)"
+    )
+    eis_schedule: dict[str, JsonValue] | None = Field(
+        default=None, description="EIS schedule (twin.twin_document.EisSchedule)"
+    )
+
+
+def etag(version: int) -> str:
+    """The strong ETag of a twin version."""
+    return f'"{version}"'
+
+
+def parse_if_match(value: str | None) -> int | None:
+    """The version in an ``If-Match`` header (None for no header or ``*``)."""
+    if value is None:
+        return None
+    text = value.strip().strip('"')
+    return None if text == "*" else int(text)
+
+
+@router.get(
+    "/batteries/{battery_id}/twin",
+    response_model=TwinDocument,
+    responses=BATTERY_RESPONSES,
+)
+def get_twin(
+    access: Annotated[Access, Depends(require(Category.TELEMETRY, Action.READ))],
+    db: DatabaseDep,
+    response: Response,
+) -> TwinDocument:
+    """The twin; its ``ETag`` header is the desired-state version for ``If-Match``."""
+    document = TwinService(db).get(access.battery_id)
+    response.headers["ETag"] = etag(document.version)
+    return document
+
+
+@router.patch(
+    "/batteries/{battery_id}/twin/desired",
+    response_model=TwinDocument,
+    responses=PATCH_RESPONSES,
+)
+def patch_desired(
+    access: Annotated[Access, Depends(require(Category.COMMANDS, Action.WRITE))],
+    patch: DesiredPatch,
+    db: DatabaseDep,
+    now: NowDep,
+    response: Response,
+    if_match: Annotated[
+        str | None,
+        Header(
+            alias="If-Match",
+            pattern=IF_MATCH_PATTERN,
+            description='The version read (the ETag, e.g. "3"); stale: 412. Absent or *: '
+            "merge into the current version.",
+        ),
+    ] = None,
+) -> TwinDocument:
+    """Merge-patch the desired state; the version goes up by one (new ``ETag``)."""
+    document = TwinService(db).patch_desired(
+        access.battery_id,
+        patch.model_dump(mode="json", exclude_unset=True),
+        if_match=parse_if_match(if_match),
+        now=now,
+    )
+    response.headers["ETag"] = etag(document.version)
+    return document
+
+
+@router.get(
+    "/batteries/{battery_id}/twin/mirror",
+    response_model=MirrorView,
+    responses=BATTERY_RESPONSES,
+)
+def get_mirror(
+    access: Annotated[Access, Depends(require(Category.TELEMETRY, Action.READ))],
+    db: DatabaseDep,
+) -> MirrorView:
+    """The cloud mirror: SoC and its standard deviation per cell from the cloud's own filter,
+    and whether it currently disagrees with the edge's estimates."""
+    return MirrorService(db).get(access.battery_id)
