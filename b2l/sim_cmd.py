@@ -14,6 +14,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from b2l.arg_types import (
+    duration,
+    finite_float,
+    fraction,
+    non_negative_float,
+    positive_float,
+    positive_int,
+)
 from b2l.files import read_text, write_atomically
 
 PROGRESS_EVERY_S = 2.0
@@ -41,17 +49,17 @@ def _add_fleet(commands: Any) -> None:
         ),
     )
     fleet.add_argument(
-        "--packs", type=_positive_int, required=True, metavar="N", help="number of packs"
+        "--packs", type=positive_int, required=True, metavar="N", help="number of packs"
     )
     fleet.add_argument(
-        "--cells", type=_positive_int, required=True, metavar="M", help="series cells per pack"
+        "--cells", type=positive_int, required=True, metavar="M", help="series cells per pack"
     )
     fleet.add_argument(
-        "--days", type=_positive_float, required=True, metavar="D", help="virtual days to simulate"
+        "--days", type=positive_float, required=True, metavar="D", help="virtual days to simulate"
     )
     fleet.add_argument(
         "--dt",
-        type=_positive_float,
+        type=positive_float,
         default=1.0,
         metavar="S",
         help="time step in seconds (default: 1)",
@@ -79,19 +87,19 @@ def _add_fleet(commands: Any) -> None:
     fleet.add_argument("--seed", type=int, default=0, help="seed of all randomness (default: 0)")
     fleet.add_argument(
         "--age-spread",
-        type=_non_negative_float,
+        type=non_negative_float,
         default=0.0,
         metavar="YEARS",
         help="prior age of the packs, uniform in 0..YEARS (mixed-age second-life fleet)",
     )
     fleet.add_argument(
         "--replaced",
-        type=_fraction,
+        type=fraction,
         default=0.0,
         metavar="X",
         help="fraction of cells that are new replacements in aged packs (default: 0)",
     )
-    fleet.add_argument("--initial-soc", type=_fraction, default=0.5, metavar="X")
+    fleet.add_argument("--initial-soc", type=fraction, default=0.5, metavar="X")
     fleet.add_argument(
         "--ambient",
         type=float,
@@ -186,12 +194,14 @@ def _add_pack(commands: Any) -> None:
         "--serial",
         metavar="LINK",
         help="pty (prints the device path), tcp:PORT (a server on 127.0.0.1 for pyserial "
-        "socket:// clients; tcp:0 picks a free port) or a pyserial URL",
+        "socket:// clients; tcp:0 picks a free port), tcp:HOST:PORT (bound to the IPv4 "
+        "address HOST instead, e.g. tcp:0.0.0.0:5000 inside a container so that another "
+        "container's edge can connect; never on a host's real interfaces) or a pyserial URL",
     )
     pack.add_argument("--scenario", type=Path, default=None, metavar="FILE", help="scenario file")
     pack.add_argument(
         "--duration",
-        type=_duration,
+        type=duration,
         default=None,
         metavar="TIME",
         help="simulated time: seconds, or with a suffix s, m, h, d (10m, 2h, 3d); default: the "
@@ -199,20 +209,20 @@ def _add_pack(commands: Any) -> None:
     )
     pack.add_argument(
         "--realtime",
-        type=_positive_float,
+        type=positive_float,
         default=None,
         metavar="SPEEDUP",
         help="pace by the wall clock: SPEEDUP simulated seconds per wall second (1: real "
         "time); default: as fast as possible",
     )
-    pack.add_argument("--cells", type=_positive_int, default=None, metavar="N", help="series cells")
+    pack.add_argument("--cells", type=positive_int, default=None, metavar="N", help="series cells")
     pack.add_argument(
         "--chemistry",
         default=None,
         metavar="SET",
         help="cell parameter set: nmc_lgm50, lfp_a123 or a parameter file PATH.json",
     )
-    pack.add_argument("--soc", type=_fraction, default=None, metavar="X", help="initial SoC")
+    pack.add_argument("--soc", type=fraction, default=None, metavar="X", help="initial SoC")
     pack.add_argument("--seed", type=int, default=None, help="seed of all randomness")
     load = pack.add_mutually_exclusive_group()
     load.add_argument(
@@ -224,7 +234,7 @@ def _add_pack(commands: Any) -> None:
     )
     load.add_argument(
         "--current",
-        type=_float,
+        type=finite_float,
         default=None,
         metavar="A",
         help="constant load current (A, positive charging)",
@@ -317,63 +327,3 @@ def _profile(name: str, days: float, dt_s: float, seed: int, capacity_ah: float)
 
 def _say(message: str) -> None:
     print(f"b2l sim: {message}", file=sys.stderr, flush=True)
-
-
-_DURATION_UNITS_S = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0}
-
-
-def _duration(text: str) -> float:
-    """Seconds from ``90``, ``90s``, ``10m``, ``2h`` or ``3d``."""
-    text = text.strip().lower()
-    unit = _DURATION_UNITS_S.get(text[-1:]) if text else None
-    number = text[:-1] if unit is not None else text
-    try:
-        value = _positive_float(number) * (unit or 1.0)
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a duration (seconds, or a number with s, m, h or d)"
-        ) from None
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not positive")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = _float(text)
-    if not value > 0.0:
-        raise argparse.ArgumentTypeError(f"{value} is not positive")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = _float(text)
-    if value < 0.0:
-        raise argparse.ArgumentTypeError(f"{value} is negative")
-    return value
-
-
-def _fraction(text: str) -> float:
-    value = _float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{value} is not a fraction in 0..1")
-    return value
-
-
-def _float(text: str) -> float:
-    import math
-
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"{text!r} is not finite")
-    return value

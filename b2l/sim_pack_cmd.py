@@ -2,9 +2,9 @@
 
 The parser is ``_add_pack`` in ``b2l/sim_cmd.py``; ``run_pack`` is its handler. The scenario
 (``simulators.scenario``) with the command line's overrides gives the pack; the link is opened
-here by name (a python-can interface and channel, or ``pty`` / ``tcp:PORT`` / a pyserial URL),
-the simulator runs in chunks with progress on stderr, and everything is closed (frames logged,
-ground truth flushed) before the summary, also after Ctrl-C or SIGTERM.
+here by name (a python-can interface and channel, or ``pty`` / ``tcp:[HOST:]PORT`` / a pyserial
+URL), the simulator runs in chunks with progress on stderr, and everything is closed (frames
+logged, ground truth flushed) before the summary, also after Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -121,13 +121,15 @@ def _open_simulator(
             f"Pillar 2 BMS on {interface}:{channel}" if channel else f"Pillar 2 BMS on {interface}"
         )
         return can_sim, where, lambda: asdict(can_sim.link.stats)
-    from simulators.serial_bms import SerialBmsSimulator, open_link
+    from simulators.serial_bms import LOOPBACK_HOST, SerialBmsSimulator, TcpLink, open_link
 
     try:
         link = open_link(args.serial)
     except (OSError, ValueError) as exc:  # pyserial's SerialException is an OSError
         raise B2LError(f"cannot open the serial link {args.serial!r}: {exc}") from None
     stack.callback(link.close)
+    if isinstance(link, TcpLink) and link.host != LOOPBACK_HOST:
+        _say(f"listening on {link.host}:{link.port} (not only loopback)")
     serial_sim = SerialBmsSimulator(link, link_config=scenario.serial, **options)
     stack.callback(serial_sim.close)
     return serial_sim, f"Pillar 1 BMS on {link.address}", lambda: asdict(serial_sim.protocol.stats)

@@ -9,7 +9,7 @@
 #     --network host \                                 # Pillar 2 (socketcan: can0 is the host's)
 #     -e B2L_EDGE_UPLINK__SECRET_FILE=/run/secrets/device-secret b2l-edge
 # The build needs only the context (repo root); no compiler: every dependency ships wheels for
-# amd64 and arm64.
+# amd64 and arm64. The build stage is the same in docker/{cloud,edge,sim}.Dockerfile.
 
 ARG PYTHON_IMAGE=python:3.11-slim
 
@@ -23,7 +23,7 @@ COPY cloud ./cloud
 COPY simulators ./simulators
 COPY hil ./hil
 COPY b2l ./b2l
-RUN pip wheel --wheel-dir /wheels .
+RUN pip wheel --wheel-dir /wheels . "python-can[multicast]"
 
 FROM ${PYTHON_IMAGE}
 ARG B2L_UID=10001
@@ -36,8 +36,9 @@ RUN groupadd --system --gid ${B2L_UID} b2l \
        --home-dir /var/lib/b2l-edge --create-home --shell /usr/sbin/nologin b2l \
     && install -d -o root -g b2l -m 0750 /etc/b2l \
     && install -d -o b2l -g b2l -m 0750 /var/lib/b2l-edge
+# python-can[multicast]: msgpack, which the udp_multicast interface needs (compose.hil.yml)
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install --no-cache-dir --no-index --find-links=/wheels b2l \
+    pip install --no-cache-dir --no-index --find-links=/wheels b2l "python-can[multicast]" \
     && b2l --help >/dev/null
 USER b2l
 WORKDIR /var/lib/b2l-edge

@@ -72,7 +72,8 @@ class PackNodeSpec(BaseModel):
     uplink: Literal["http", "mqtt"] = "http"
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int = Field(default=1883, ge=1, le=65_535)
-    """With ``uplink = "mqtt"``: the broker; the device logs in as its device id and secret."""
+    """With ``uplink = "mqtt"``: the broker; the device logs in as its battery id with its
+    device secret (``docker/mosquitto/acl``)."""
     drain_s: float = Field(default=0.0, ge=0.0)
     """After ``duration_s``: keep uplinking up to this long until the outbox is empty."""
     ground_truth: Path | None = None
@@ -156,7 +157,7 @@ def _uplink(spec: PackNodeSpec) -> HttpUplinkSettings | MqttUplinkSettings:
             kind="mqtt",
             host=spec.mqtt_host,
             port=spec.mqtt_port,
-            username=spec.device_id,
+            username=spec.battery_id,  # the broker's ACL: a device's user name is its battery
             password=spec.device_secret,
             command_poll_url=spec.cloud_url,
             backoff_cap_s=10.0,

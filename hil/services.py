@@ -935,6 +935,12 @@ class MosquittoServer(_Service):
             self.startup_timeout_s = timeout_s
         return self.start()
 
+    def reload(self) -> None:
+        """SIGHUP: the broker reads its password and ACL files again (sessions stay)."""
+        if not self.is_running or self._pgid is None:
+            raise ServiceError("Mosquitto is not running")
+        _killpg(self._pgid, signal.SIGHUP)
+
     def wait_persisted(self, after_ns: int, timeout_s: float = 10.0) -> None:
         """Wait until the persistence db was written after ``after_ns`` (``time.time_ns()``)."""
         deadline = time.monotonic() + timeout_s

@@ -6,9 +6,12 @@ keys, every service has ``image`` or ``build``, the Dockerfile of each build exi
 mount sources / env files / secret and config files exist in the repo, ``depends_on`` targets
 exist (and have a healthcheck for ``service_healthy``), named volumes and networks are
 declared, required services carry healthchecks, ``${VAR:-default}`` interpolation is well
-formed, and ports are published on 127.0.0.1 only. Relative paths resolve against the Compose
-file's directory. Paths that contain a variable (``${B2L_MQTT_PASSWORD_FILE:-...}``) are
-deployment-provided and only reported. Exit 0 when valid, 1 with one line per problem.
+formed, ports are published on 127.0.0.1 only, a one-shot service that others wait for
+(``service_completed_successfully``) is not restarted, and a URL in a service's environment whose
+host is a bare name (``postgresql://...@postgres:5432/...``) names a service on a shared network.
+Relative paths resolve against the Compose file's directory. Paths that contain a variable
+(``${B2L_MQTT_PASSWORD_FILE:-...}``) are deployment-provided and only reported. Exit 0 when
+valid, 1 with one line per problem.
 
 Usage: check_compose.py [COMPOSE_FILE] [--require-healthcheck SERVICE ...]
 """
@@ -56,6 +59,10 @@ RESTART_POLICIES = re.compile(r"^(no|always|unless-stopped|on-failure(:\d+)?)$")
 DURATION = re.compile(r"^(\d+(\.\d+)?(us|ms|s|m|h))+$")
 VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 LOOPBACK_HOSTS = {"127.0.0.1", "::1", "[::1]", "localhost"}
+URL_IN_TEXT = re.compile(r"\b[a-z][a-z0-9+.-]*://(?P<authority>[^/\s]+)")
+"""A URL inside an environment value; the host is the authority after the last '@'."""
+BARE_HOST = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
+"""A host name without dots: on a Compose network, a service (or the container itself)."""
 
 
 def split_colons(text: str) -> list[str]:
@@ -241,6 +248,7 @@ class Checker:
         ):
             self.error(where, "must define a healthcheck with a test")
         self.check_depends_on(f"{where}.depends_on", service.get("depends_on"), services)
+        self.check_url_hosts(f"{where}.environment", name, service, services)
         restart = service.get("restart")
         if restart is not None and not RESTART_POLICIES.match(str(restart)):
             self.error(f"{where}.restart", f"bad restart policy {restart!r}")
@@ -331,6 +339,37 @@ class Checker:
                 isinstance(target_hc, dict) and "test" in target_hc
             ):
                 self.error(f"{where}.{target}", "service_healthy needs a healthcheck on the target")
+            target_restart = str((services.get(target) or {}).get("restart", "no"))
+            if condition == "service_completed_successfully" and target_restart != "no":
+                self.error(
+                    f"{where}.{target}",
+                    f"a one-shot service waited for must not restart (restart: {target_restart})",
+                )
+
+    def check_url_hosts(
+        self, where: str, name: str, service: dict[str, Any], services: dict[str, Any]
+    ) -> None:
+        """A URL host without dots must be a service that shares a network with this one."""
+        env = service.get("environment") or {}
+        if isinstance(env, list):
+            env = dict(str(item).partition("=")[::2] for item in env)
+        if not isinstance(env, dict):
+            return
+        own_networks = set(self.service_networks(service) or ["default"])
+        for key, value in env.items():
+            for match in URL_IN_TEXT.finditer(str(value or "")):
+                host = match["authority"].rpartition("@")[2].partition(":")[0]
+                if "$" in host or not BARE_HOST.match(host) or host in LOOPBACK_HOSTS:
+                    continue
+                if host == name or host == service.get("hostname"):
+                    continue
+                target = services.get(host)
+                if not isinstance(target, dict):
+                    self.error(f"{where}.{key}", f"URL host {host!r} is not a service")
+                elif not own_networks & set(self.service_networks(target) or ["default"]):
+                    self.error(
+                        f"{where}.{key}", f"service {host!r} shares no network with {name!r}"
+                    )
 
     def check_volume(self, where: str, vol: Any, volumes: dict[str, Any]) -> None:
         if isinstance(vol, str):

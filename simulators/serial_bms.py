@@ -44,7 +44,9 @@ Faults as a real line shows them (the sensor and cell faults are the ``BmsEmulat
 
 Links are tiny adapters picked by name (``open_link``): ``"pty"`` (``address`` is the slave
 device path), ``"tcp"`` / ``"tcp:PORT"`` (a server on 127.0.0.1; clients open
-``socket://127.0.0.1:PORT``) or any pyserial URL or port object (``loop://`` in unit tests).
+``socket://127.0.0.1:PORT``), ``"tcp:HOST:PORT"`` (bound to the IPv4 address HOST instead:
+``tcp:0.0.0.0:5000`` inside a container, so the edge of another container can connect) or any
+pyserial URL or port object (``loop://`` in unit tests).
 
 ``SerialBmsSimulator`` is a whole simulated pack (``simulators.pack``: clock, plant and load,
 BMS, ground truth) with a link and this protocol; ``run(until_s)`` runs it as fast as possible
@@ -106,7 +108,9 @@ from twin.protocols.serial_codec import (
 )
 
 __all__ = [
+    "ANY_HOST",
     "FAULT_FLAGS",
+    "LOOPBACK_HOST",
     "ByteLink",
     "EcmCell",
     "PtyLink",
@@ -117,7 +121,13 @@ __all__ = [
     "SerialLinkStats",
     "TcpLink",
     "open_link",
+    "parse_tcp_spec",
 ]
+
+LOOPBACK_HOST = "127.0.0.1"
+"""Where ``tcp`` links listen unless told otherwise."""
+ANY_HOST = "0.0.0.0"
+"""``tcp:0.0.0.0:PORT``: every interface of the (container's) network namespace."""
 
 _EPS_S = 1e-9
 _READ_CHUNK = 4096
@@ -255,12 +265,13 @@ class PtyLink:
 
 
 class TcpLink:
-    """A TCP server on 127.0.0.1 standing for the UART: one client at a time is the peer (the
-    next waits in the backlog until it leaves). Bytes sent while no client is connected are lost,
-    as on an unplugged UART."""
+    """A TCP server standing for the UART, on 127.0.0.1 unless told ``host`` (an IPv4 address;
+    ``0.0.0.0``: every interface, for a container network): one client at a time is the peer
+    (the next waits in the backlog until it leaves). Bytes sent while no client is connected are
+    lost, as on an unplugged UART."""
 
     def __init__(
-        self, host: str = "127.0.0.1", port: int = 0, tx_buffer_bytes: int = _TX_BUFFER_BYTES
+        self, host: str = LOOPBACK_HOST, port: int = 0, tx_buffer_bytes: int = _TX_BUFFER_BYTES
     ) -> None:
         self._server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -274,7 +285,9 @@ class TcpLink:
 
     @property
     def address(self) -> str:
-        return f"socket://{self.host}:{self.port}"
+        """``socket://`` URL for a client on this host (loopback when bound to 0.0.0.0)."""
+        host = LOOPBACK_HOST if self.host == ANY_HOST else self.host
+        return f"socket://{host}:{self.port}"
 
     @property
     def dropped_bytes(self) -> int:
@@ -387,15 +400,38 @@ class PyserialLink:
 
 
 def open_link(spec: str | serial.SerialBase = "pty") -> ByteLink:
-    """A link by name: ``"pty"``, ``"tcp"``/``"tcp:PORT"``, or a pyserial URL or port object."""
+    """A link by name: ``"pty"``, ``"tcp"``/``"tcp:PORT"``/``"tcp:HOST:PORT"``, or a pyserial
+    URL or port object. ValueError for a malformed ``tcp`` spec."""
     if isinstance(spec, serial.SerialBase):
         return PyserialLink(spec)
     if spec == "pty":
         return PtyLink()
     if spec == "tcp" or spec.startswith("tcp:"):
-        port = int(spec.partition(":")[2] or 0)
-        return TcpLink(port=port)
+        host, port = parse_tcp_spec(spec)
+        return TcpLink(host, port)
     return PyserialLink(spec)
+
+
+def parse_tcp_spec(spec: str) -> tuple[str, int]:
+    """``tcp`` / ``tcp:PORT`` / ``tcp:HOST:PORT`` -> (IPv4 bind address, port); 127.0.0.1 and
+    port 0 (any free one) unless given. ValueError names what is wrong."""
+    rest = spec.removeprefix("tcp").removeprefix(":")
+    host, sep, port_text = rest.rpartition(":")
+    if not sep:
+        host = LOOPBACK_HOST
+    elif not host:
+        raise ValueError(f"{spec!r}: give tcp:PORT or tcp:HOST:PORT (e.g. tcp:0.0.0.0:5000)")
+    try:
+        port = int(port_text or 0)
+    except ValueError:
+        raise ValueError(f"{spec!r}: {port_text!r} is not a TCP port") from None
+    if not 0 <= port <= 65_535:
+        raise ValueError(f"{spec!r}: TCP port {port} is not in 0..65535")
+    try:
+        socket.inet_pton(socket.AF_INET, host)
+    except OSError:
+        raise ValueError(f"{spec!r}: {host!r} is not an IPv4 address (e.g. 0.0.0.0)") from None
+    return host, port
 
 
 # ----------------------------------------------------------------------------- the protocol
