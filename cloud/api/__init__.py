@@ -22,6 +22,7 @@ RESOURCE_ROUTERS = (
     "cloud.api.passport",
     "cloud.api.analytics",
     "cloud.api.admin",
+    "cloud.api.grants",
 )
 
 

@@ -9,8 +9,9 @@
 - ``POST /api/v1/batteries``: register a battery (topology, optional sizing parameters and cell
   model for the mirror, manufacturer's user name).
 
-Every change is written to the audit log. There is no "owner" role yet (SPEC section 5): admins
-give grants for every battery.
+Every change is written to the audit log. Admins give grants on every battery; the owner named
+on a battery gives grants on it under ``/api/v1/batteries/{battery_id}/grants``
+(``cloud.api.grants``).
 """
 
 from __future__ import annotations
@@ -151,6 +152,13 @@ class BatteryCreate(BaseModel):
         str | None,
         Field(pattern=BATTERY_ID_PATTERN, description="User name of the manufacturer account"),
     ] = None
+    owner: Annotated[
+        str | None,
+        Field(
+            pattern=BATTERY_ID_PATTERN,
+            description="User name of the owner: reads all of the battery and grants access",
+        ),
+    ] = None
 
 
 def _audit(
@@ -167,7 +175,7 @@ def _audit(
         )
 
 
-def _grant_out(grant: accounts.GrantRecord) -> GrantOut:
+def grant_out(grant: accounts.GrantRecord) -> GrantOut:
     return GrantOut(
         grant_id=grant.grant_id,
         user=grant.user_name,
@@ -281,7 +289,7 @@ def create_grant(admin: AdminDep, body: GrantCreate, state: StateDep) -> GrantOu
         categories=sorted(body.categories),
     )
     stored = accounts.list_grants(state.db, user_name=body.user)
-    return _grant_out(next(g for g in stored if g.grant_id == grant_id))
+    return grant_out(next(g for g in stored if g.grant_id == grant_id))
 
 
 @router.get("/admin/grants", response_model=list[GrantOut], responses=ADMIN_RESPONSES)
@@ -295,7 +303,7 @@ def list_grants(
     ] = None,
 ) -> list[GrantOut]:
     """Grants by id."""
-    return [_grant_out(g) for g in accounts.list_grants(db, user_name=user, battery_id=battery_id)]
+    return [grant_out(g) for g in accounts.list_grants(db, user_name=user, battery_id=battery_id)]
 
 
 @router.delete(
@@ -331,6 +339,7 @@ def register_battery(
         sizing=body.sizing,
         cell_parameters=body.cell_parameters,
         manufacturer=body.manufacturer,
+        owner=body.owner,
         now=now,
     )
     _audit(state, admin, "battery.register", now, body.battery_id)

@@ -199,12 +199,14 @@ class Access:
     grants: tuple[Grant, ...] = ()
     manufacturer: str | None = None
     """The user name of the battery's manufacturer account, if any."""
+    owner: str | None = None
+    """The user name of the battery's owner, if any."""
 
     @property
     def passport_tier(self) -> AccessTier:
         """The highest passport tier the caller reads for this battery."""
         return passport_tier(
-            self.principal, self.battery_id, self.now, self.grants, self.manufacturer
+            self.principal, self.battery_id, self.now, self.grants, self.manufacturer, self.owner
         )
 
 
@@ -233,15 +235,17 @@ def require(category: Category, action: Action = Action.READ) -> Callable[..., A
         needs_grants = principal.role not in (Role.ADMIN, Role.DEVICE)
         with state.db.read() as session:
             row = session.execute(
-                select(BatteryRow.manufacturer).where(BatteryRow.battery_id == battery_id)
+                select(BatteryRow.manufacturer, BatteryRow.owner).where(
+                    BatteryRow.battery_id == battery_id
+                )
             ).one_or_none()
             if row is None:
                 raise NotFoundError(f"no battery {battery_id!r}")
             grants = (
                 tuple(grants_of(session, principal.subject, battery_id)) if needs_grants else ()
             )
-        manufacturer = row[0]
-        decision = decide(principal, battery_id, category, action, now, grants, manufacturer)
+        manufacturer, owner = row
+        decision = decide(principal, battery_id, category, action, now, grants, manufacturer, owner)
         audited = needs_audit(principal, battery_id, category, action) or (
             not decision and (action is Action.WRITE or category in RESTRICTED_CATEGORIES)
         )
@@ -272,6 +276,7 @@ def require(category: Category, action: Action = Action.READ) -> Callable[..., A
             now=now,
             grants=grants,
             manufacturer=manufacturer,
+            owner=owner,
         )
 
     dependency.__name__ = f"require_{category.name.lower()}_{action.value}"

@@ -63,6 +63,8 @@ class BatteryRow(Base):
     """The cell model the cloud mirror runs (a ``twin.cell_params.CellParameters``); None: off."""
     manufacturer: Mapped[str | None] = mapped_column(String(64), nullable=True)
     """The manufacturer account that may write the passport."""
+    owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    """The owner's user name: reads every data category of the battery and grants access to it."""
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 

@@ -14,6 +14,8 @@ The matrix (also in ``docs/security.md``):
   ``passport-restricted``; service → ``analytics``; viewer → nothing.
 - the **manufacturer named on a battery** (``batteries.manufacturer`` = its user name) reads and
   writes that battery's passport categories without a grant.
+- the **owner named on a battery** (``batteries.owner``) reads every data category of it and
+  writes what its role may write, without a grant; it gives others grants on it.
 
 ``events`` and ``acks`` are uplink channels, not grantable data categories: only a device (for
 its own battery) and an admin write them; events are read as ``telemetry``, acks as ``commands``.
@@ -153,11 +155,12 @@ def decide(
     now: datetime,
     grants: Iterable[Grant] = (),
     manufacturer: str | None = None,
+    owner: str | None = None,
 ) -> Decision:
     """May ``principal`` do ``action`` on ``category`` of ``battery_id`` at ``now``?
 
-    ``grants`` are the principal's; ``manufacturer`` is the user name of the battery's
-    manufacturer account, if any.
+    ``grants`` are the principal's; ``manufacturer`` and ``owner`` are the user names of the
+    battery's manufacturer and owner accounts, if any.
     """
     if principal.role is Role.ADMIN:
         return Decision(True, "admin")
@@ -180,6 +183,8 @@ def decide(
         and category in PASSPORT_CATEGORIES
     ):
         return Decision(True, "manufacturer of the battery")
+    if owner is not None and principal.subject == owner:
+        return Decision(True, "owner of the battery")
     if any(grant.covers(battery_id, category, now) for grant in grants):
         return Decision(True, "grant")
     return Decision(False, f"no grant for {category.value} of this battery now")
@@ -198,6 +203,7 @@ def passport_tier(
     now: datetime,
     grants: Iterable[Grant] = (),
     manufacturer: str | None = None,
+    owner: str | None = None,
 ) -> AccessTier:
     """The highest passport access tier (EU 2023/1542 Annex XIII) ``principal`` reads.
 
@@ -216,6 +222,7 @@ def passport_tier(
         now,
         grants,
         manufacturer,
+        owner,
     ):
         if principal.role is Role.MANUFACTURER:
             return AccessTier.AUTHORITY

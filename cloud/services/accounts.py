@@ -358,10 +358,14 @@ def list_grants(
         ]
 
 
-def revoke_grant(db: Database, grant_id: int) -> None:
-    """Delete a grant (access ends at once); NotFoundError if there is none with this id."""
+def revoke_grant(db: Database, grant_id: int, *, battery_id: str | None = None) -> None:
+    """Delete a grant (access ends at once); NotFoundError if there is none with this id (on
+    ``battery_id`` alone, when given: an owner withdraws only grants on its battery)."""
+    query = delete(AccessGrant).where(AccessGrant.grant_id == grant_id)
+    if battery_id is not None:
+        query = query.where(AccessGrant.battery_id == battery_id)
     with db.write() as session:
-        result = session.execute(delete(AccessGrant).where(AccessGrant.grant_id == grant_id))
+        result = session.execute(query)
         if result.rowcount == 0:  # type: ignore[attr-defined]
             raise NotFoundError(f"no grant {grant_id}")
 

@@ -37,6 +37,8 @@ class BatteryView(BaseModel):
     battery_id: str
     topology: BatteryTopology
     manufacturer: str | None
+    owner: str | None = None
+    """The owner's user name: reads all of the battery and grants access to it."""
     created_at: datetime
     mirror_enabled: bool
     """Whether the cloud mirror runs (a cell model was given)."""
@@ -65,6 +67,7 @@ def _view(row: BatteryRow) -> BatteryView:
         battery_id=row.battery_id,
         topology=BatteryTopology.model_validate(row.topology),
         manufacturer=row.manufacturer,
+        owner=row.owner,
         created_at=row.created_at,
         mirror_enabled=row.cell_parameters is not None,
     )
@@ -84,6 +87,7 @@ class BatteryService:
         sizing: DiagnosticSizing | None = None,
         cell_parameters: CellParameters | None = None,
         manufacturer: str | None = None,
+        owner: str | None = None,
         now: datetime | None = None,
     ) -> BatteryView:
         """Register a battery with its empty twin and passport; AlreadyExistsError if taken."""
@@ -102,6 +106,7 @@ class BatteryService:
                         else cell_parameters.model_dump(mode="json", exclude_none=True)
                     ),
                     manufacturer=manufacturer,
+                    owner=owner,
                     created_at=now,
                 )
                 session.add(row)
