@@ -186,6 +186,9 @@ class MqttUplinkSettings(_UplinkCommon):
     """gzip the payload (MQTT 5 ``content_type`` = ``application/json+gzip``)."""
     command_poll_url: str | None = None
     """Optional HTTPS base URL: fetch pending commands there after each reconnect."""
+    device_id: str | None = None
+    """The device id the command poll logs in with (the password is the same device secret);
+    None: ``username``. On the broker the user name is the battery id (its ACL)."""
 
     @model_validator(mode="after")
     def _consistent(self) -> MqttUplinkSettings:

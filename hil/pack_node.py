@@ -160,6 +160,7 @@ def _uplink(spec: PackNodeSpec) -> HttpUplinkSettings | MqttUplinkSettings:
             username=spec.battery_id,  # the broker's ACL: a device's user name is its battery
             password=spec.device_secret,
             command_poll_url=spec.cloud_url,
+            device_id=spec.device_id,
             backoff_cap_s=10.0,
         )
     return HttpUplinkSettings(

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import sys
 import threading
 from typing import Any
 
@@ -103,7 +104,7 @@ class MqttUplink(Uplink):
             self._poller = HttpUplink(
                 battery_id,
                 settings.command_poll_url,
-                settings.username or battery_id,
+                settings.device_id or settings.username or battery_id,
                 settings.password_value() or "",
                 ca_file=settings.ca_file,
                 command_poll_s=86_400.0,
@@ -139,6 +140,7 @@ class MqttUplink(Uplink):
         client.max_inflight_messages_set(max(20, s.max_inflight * 2))
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
@@ -184,6 +186,14 @@ class MqttUplink(Uplink):
         return self._connected
 
     # ---------------------------------------------------------------- paho callbacks
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        """paho calls this inside its ``except OSError`` (TLS, refused, unreachable): keep why."""
+        exc = sys.exc_info()[1]
+        detail = "unknown error" if exc is None else f"{type(exc).__name__}: {exc}"
+        if detail != self.last_error:
+            log.warning("MQTT connection to %s failed: %s", self.settings.host, detail)
+        self.last_error = f"connection failed: {detail}"
 
     def _on_connect(
         self,
