@@ -1,8 +1,10 @@
 """``b2l cloud``: run and administer the cloud.
 
-``serve`` (migrates first), ``migrate``, ``create-user``, ``create-device`` (prints the device's
-credentials once), ``revoke-device``, ``grant`` and ``dev-ca`` (development certificates for
-TLS on HTTPS and MQTT). The database is ``--database-url`` or ``B2L_DATABASE_URL``; the other
+``serve`` (migrates first; with ``B2L_MQTT_URL`` also the MQTT consumer and command publisher),
+``mqtt`` (only the MQTT side: several such processes split the uplink through a shared
+subscription), ``migrate``, ``create-user``, ``create-device`` (prints the device's credentials
+once), ``revoke-device``, ``grant`` and ``dev-ca`` (development certificates for TLS on HTTPS and
+MQTT). The database is ``--database-url`` or ``B2L_DATABASE_URL``; the other
 settings come from ``B2L_*`` variables (``cloud.settings``).
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -45,6 +48,7 @@ def register(subparsers: Any) -> None:
         "(default: B2L_DATABASE_URL or sqlite:///./b2l-data/b2l.db)",
     )
     _add_serve(commands, common)
+    _add_mqtt(commands, common)
     _add_migrate(commands, common)
     _add_create_user(commands, common)
     _add_create_device(commands, common)
@@ -70,7 +74,32 @@ def _add_serve(commands: Any, common: argparse.ArgumentParser) -> None:
     serve.add_argument("--no-migrate", action="store_true", help="do not migrate at start-up")
     serve.add_argument("--tls-cert", metavar="PEM", default=None, help="server certificate")
     serve.add_argument("--tls-key", metavar="PEM", default=None, help="server private key")
+    serve.add_argument(
+        "--mqtt-url",
+        metavar="URL",
+        default=None,
+        help="also consume the MQTT uplink and publish commands: mqtt[s]://user:pass@host:port "
+        "(default: B2L_MQTT_URL; unset: no MQTT)",
+    )
+    serve.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        metavar="N",
+        help="HTTP worker processes (default 1): one Python process uses one core; the MQTT "
+        "side, if any, runs once, in the parent. Rate limits are per process.",
+    )
     serve.set_defaults(handler=_serve)
+
+
+def _workers(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 1 <= value <= 64:
+        raise argparse.ArgumentTypeError("--workers: 1 to 64")
+    return value
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -89,16 +118,104 @@ def _serve(args: argparse.Namespace) -> int:
     if bool(certfile) != bool(keyfile):
         raise B2LError("HTTPS needs both a certificate and a key (--tls-cert and --tls-key)")
     app = create_app(settings)
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
-        log_config=None,
-        access_log=False,
-        ssl_certfile=certfile,
-        ssl_keyfile=keyfile,
-        proxy_headers=False,
+    mqtt_service = None
+    if settings.mqtt_url:
+        from cloud.api.deps import get_ingestion
+        from cloud.mqtt import CloudMqttService
+
+        state = app.state.b2l
+        mqtt_service = CloudMqttService(
+            settings, state.db, metrics=state.metrics, ingestion=get_ingestion(state)
+        )
+        state.extras["mqtt"] = mqtt_service
+        mqtt_service.start()
+    target: Any = app
+    if args.workers > 1:
+        # each worker process builds its own app from the environment (cloud.app.create_app)
+        os.environ["B2L_DATABASE_URL"] = settings.database_url
+        os.environ.pop("B2L_MQTT_URL", None)  # the MQTT side runs here, once
+        target = "cloud.app:create_app"
+    try:
+        uvicorn.run(
+            target,
+            factory=args.workers > 1,
+            workers=args.workers if args.workers > 1 else None,
+            host=args.host,
+            port=args.port,
+            log_config=None,
+            access_log=False,
+            ssl_certfile=certfile,
+            ssl_keyfile=keyfile,
+            proxy_headers=False,
+        )
+    finally:
+        if mqtt_service is not None:
+            mqtt_service.stop()
+    return 0
+
+
+def _add_mqtt(commands: Any, common: argparse.ArgumentParser) -> None:
+    mqtt = commands.add_parser(
+        "mqtt",
+        parents=[common],
+        help="run only the MQTT side: uplink consumer and command publisher",
+        description="Consume b2l/v1/+/telemetry|eis|events|acks through the shared "
+        "subscription of --group (QoS 1, persistent session, PUBACK after the database commit) "
+        "and publish queued commands on b2l/v1/{battery_id}/commands. Several processes with "
+        "the same group and distinct --client-id split the uplink. Runs until SIGTERM/SIGINT. "
+        "Settings: B2L_MQTT_* (docs/cloud-mqtt.md).",
     )
+    mqtt.add_argument(
+        "--mqtt-url",
+        metavar="URL",
+        default=None,
+        help="mqtt[s]://user:pass@host:port (default: B2L_MQTT_URL)",
+    )
+    mqtt.add_argument(
+        "--client-id",
+        default=None,
+        help="stable client id of this process, its persistent session "
+        "(default: B2L_MQTT_CLIENT_ID or b2l-cloud-HOSTNAME)",
+    )
+    mqtt.add_argument(
+        "--group", default=None, help="shared-subscription group (default: B2L_MQTT_GROUP)"
+    )
+    mqtt.add_argument(
+        "--no-commands", action="store_true", help="do not publish commands from this process"
+    )
+    mqtt.add_argument("--no-migrate", action="store_true", help="do not migrate at start-up")
+    mqtt.set_defaults(handler=_mqtt)
+
+
+def _mqtt(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from cloud.db.engine import Database
+    from cloud.logging import configure_logging
+    from cloud.mqtt import CloudMqttService
+
+    settings = _settings(args)
+    settings.check_secrets()
+    if not settings.mqtt_url:
+        raise B2LError("no broker: give --mqtt-url or set B2L_MQTT_URL")
+    configure_logging(settings.log_level, settings.log_json, settings.access_log)
+    if not args.no_migrate:
+        _migrate_url(settings.database_url)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    db = Database.from_url(settings.database_url)
+    try:
+        service = CloudMqttService(settings, db, commands=not args.no_commands)
+        service.start()
+        try:
+            while not stop.wait(1.0):
+                pass
+        finally:
+            service.stop()
+    finally:
+        db.dispose()
     return 0
 
 
@@ -186,6 +303,14 @@ def _add_create_device(commands: Any, common: argparse.ArgumentParser) -> None:
     )
     device.add_argument("battery_id", metavar="BATTERY_ID", help="a registered battery")
     device.add_argument("--json", action="store_true", help="print the credentials as JSON")
+    device.add_argument(
+        "--mosquitto-passwd",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="also set the device's line (user = battery id) in this Mosquitto password file; "
+        "send the broker SIGHUP to load it (docs/hil-bench.md)",
+    )
     device.set_defaults(handler=_create_device)
 
 
@@ -195,6 +320,11 @@ def _create_device(args: argparse.Namespace) -> int:
     settings = _settings(args)
     with _database(settings) as (db, security):
         new = create_device(db, security, args.battery_id, datetime.now(UTC))
+    if args.mosquitto_passwd is not None:
+        from cloud.security.mosquitto import merge_password_file
+
+        merge_password_file(args.mosquitto_passwd, new.battery_id, new.secret)
+        print(f"MQTT user {new.battery_id!r} set in {args.mosquitto_passwd}", file=sys.stderr)
     if args.json:
         print(
             json.dumps(
@@ -349,8 +479,14 @@ def _settings(args: argparse.Namespace) -> CloudSettings:
     from cloud.settings import CloudSettings
 
     overrides: dict[str, Any] = {}
-    if getattr(args, "database_url", None):
-        overrides["database_url"] = args.database_url
+    for option, name in (
+        ("database_url", "database_url"),
+        ("mqtt_url", "mqtt_url"),
+        ("client_id", "mqtt_client_id"),
+        ("group", "mqtt_group"),
+    ):
+        if getattr(args, option, None):
+            overrides[name] = getattr(args, option)
     try:
         return CloudSettings(**overrides)
     except ValidationError as exc:

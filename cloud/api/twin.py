@@ -82,12 +82,10 @@ def parse_if_match(value: str | None) -> int | None:
 def get_twin(
     access: Annotated[Access, Depends(require(Category.TELEMETRY, Action.READ))],
     db: DatabaseDep,
-    response: Response,
-) -> TwinDocument:
+) -> Response:
     """The twin; its ``ETag`` header is the desired-state version for ``If-Match``."""
-    document = TwinService(db).get(access.battery_id)
-    response.headers["ETag"] = etag(document.version)
-    return document
+    version, body = TwinService(db).get_json(access.battery_id)
+    return Response(body, media_type="application/json", headers={"ETag": etag(version)})
 
 
 @router.patch(

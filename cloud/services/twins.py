@@ -15,6 +15,7 @@ reconnect, and its acknowledgement (a ``twin.reported`` event) clears the delta.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
@@ -66,6 +67,14 @@ def _trusted_document(row: TwinRow) -> TwinDocument:
         delta={},
         metadata=metadata,
     )
+
+
+def _utc_z(stamps: dict[str, Any]) -> dict[str, Any]:
+    """Stored ISO stamps (``+00:00``) as the model serialises them (``Z``)."""
+    return {
+        path: stamp[:-6] + "Z" if isinstance(stamp, str) and stamp.endswith("+00:00") else stamp
+        for path, stamp in stamps.items()
+    }
 
 
 def lock_twin(session: Session, battery_id: str) -> TwinRow:
@@ -145,6 +154,26 @@ class TwinService:
             if row is None:
                 raise NotFoundError(f"battery {battery_id!r} is not registered")
             return twin_document(row)
+
+    def get_json(self, battery_id: str) -> tuple[int, bytes]:
+        """The twin's version and its document as JSON, straight from what the database holds
+        (written only through validated paths), without building the model: the read path."""
+        with self.db.read() as session:
+            row = session.get(TwinRow, battery_id)
+            if row is None:
+                raise NotFoundError(f"battery {battery_id!r} is not registered")
+            document = {
+                "battery_id": row.battery_id,
+                "version": row.version,
+                "reported": row.reported,
+                "desired": row.desired,
+                "delta": compute_delta(row.desired, row.reported),
+                "metadata": {
+                    "desired": _utc_z(row.desired_metadata),
+                    "reported": _utc_z(row.reported_metadata),
+                },
+            }
+            return row.version, json.dumps(document, separators=(",", ":")).encode()
 
     def version(self, battery_id: str) -> int:
         """The twin's current version (an ETag)."""

@@ -53,6 +53,9 @@ CHANNEL_OF_KIND: dict[str, Channel] = {
 }
 _PACKET_TOO_LARGE = 0x95
 _PAYLOAD_FORMAT_INVALID = 0x99
+_NO_MATCHING_SUBSCRIBERS = 0x10
+"""A success code, but nobody got the message: e.g. a restarted Mosquitto 2.0 that has not yet
+seen the cloud's shared subscriptions again. The batch is sent again, not dropped."""
 
 
 class _CommandsOnly:
@@ -95,6 +98,7 @@ class MqttUplink(Uplink):
         self.last_error: str | None = None
         self.published = 0
         self.pubacks = 0
+        self.no_subscribers = 0
         self.connects = 0
         self._client = self._make_client()
         self._poller: Any = None
@@ -253,6 +257,11 @@ class MqttUplink(Uplink):
         self._settle(entry[0], reason_code)
 
     def _settle(self, batch: OutboxBatch, reason_code: ReasonCode | None) -> None:
+        if reason_code is not None and reason_code.value == _NO_MATCHING_SUBSCRIBERS:
+            self.last_error = "PUBACK no matching subscribers: the cloud is not subscribed yet"
+            self.no_subscribers += 1
+            self._deliver(Delivery(batch, Outcome.RETRY, self.last_error))
+            return
         if reason_code is None or not reason_code.is_failure:
             self.pubacks += 1
             self._deliver(Delivery(batch, Outcome.ACKED))
@@ -339,6 +348,7 @@ class MqttUplink(Uplink):
             "connects": self.connects,
             "published": self.published,
             "pubacks": self.pubacks,
+            "no_subscribers": self.no_subscribers,
             "inflight": inflight,
             "last_error": self.last_error,
         }

@@ -3,6 +3,7 @@ PostgreSQL."""
 
 from __future__ import annotations
 
+import json
 import threading
 import uuid
 from collections.abc import Iterator
@@ -174,6 +175,10 @@ def test_delta_clears_when_the_edge_acknowledges(db: Database) -> None:
     twin = twins.get("B-1")
     assert twin.delta == {}
     assert twin.version == 1
+    # the read path's JSON, built without the model, is the model's JSON
+    version, body = twins.get_json("B-1")
+    assert version == 1 and twin.metadata.reported
+    assert json.loads(body) == json.loads(twin.model_dump_json())
 
 
 # -- commands ---------------------------------------------------------------------------------

@@ -236,7 +236,10 @@ def test_commands_wait_in_the_persistent_session_of_an_offline_edge(
         edge.close()
 
 
-def test_deliveries_are_reported_once_per_batch(edge: Edge) -> None:
+def test_deliveries_are_reported_once_per_batch(
+    edge: Edge, server: MosquittoServer, mqtt_client_factory: Callable[..., Any]
+) -> None:
+    Cloud(mqtt_client_factory, server, "B-7")  # someone subscribed: the PUBACKs say "success"
     seen: list[Delivery] = []
     original = edge.forwarder.on_delivery
 
@@ -258,3 +261,18 @@ def test_deliveries_are_reported_once_per_batch(edge: Edge) -> None:
     wait_for(lambda: edge.outbox.pending_records == 0, 10, "the outbox to empty")
     firsts = [d.batch.first_seq for d in seen]
     assert len(firsts) == len(set(firsts)) == 3  # 20 + 20 + 5, one outcome each
+
+
+def test_a_publish_nobody_subscribed_to_is_sent_again(
+    edge: Edge, server: MosquittoServer, mqtt_client_factory: Callable[..., Any]
+) -> None:
+    """Mosquitto answers 0x10 "no matching subscribers" (e.g. restarted, before the cloud's
+    shared subscriptions are back): a success code, but the message reached nobody."""
+    wait_for(lambda: edge.uplink.connected, 10, "the edge to connect")
+    edge.outbox.enqueue_many([telemetry(k) for k in range(10)])
+    wait_for(lambda: edge.uplink.no_subscribers > 0, 10, "a PUBACK without subscribers")
+    assert edge.outbox.pending_records == 10
+    assert int(str(edge.uplink.status()["no_subscribers"])) >= 1
+    cloud = Cloud(mqtt_client_factory, server, "B-7")
+    wait_for(lambda: edge.outbox.pending_records == 0, 30, "the retry once the cloud listens")
+    wait_for(lambda: (cloud.drain(), len(cloud.by_seq) == 10)[1], 10, "every record")

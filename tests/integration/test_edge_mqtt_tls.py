@@ -7,12 +7,15 @@ that trusts only the system's CAs never connects and keeps every record in its o
 from __future__ import annotations
 
 import gc
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 from test_edge_mqtt import Edge, telemetry
 
 from cloud.security.dev_ca import write_dev_ca
@@ -44,6 +47,14 @@ def test_the_configured_ca_verifies_the_broker(
     tmp_path: Path, tls_broker: tuple[MosquittoServer, Path]
 ) -> None:
     broker, ca_file = tls_broker
+    cloud = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    cloud.tls_set(ca_certs=str(ca_file))
+    subscribed = threading.Event()
+    cloud.on_subscribe = lambda *_: subscribed.set()
+    cloud.connect(broker.host, broker.port)
+    cloud.loop_start()
+    cloud.subscribe("b2l/v1/+/telemetry", qos=1)
+    assert subscribed.wait(10)
     edge = Edge(tmp_path, broker, "TLS-1", tls=True, ca_file=ca_file)
     try:
         edge.outbox.enqueue_many([telemetry(k) for k in range(30)])
@@ -52,6 +63,8 @@ def test_the_configured_ca_verifies_the_broker(
         assert edge.uplink.pubacks >= 2  # 30 records in batches of 20
     finally:
         edge.close()
+        cloud.disconnect()
+        cloud.loop_stop()
 
 
 # paho-mqtt does not close the socket of a TLS handshake that failed (reconnect() raises with

@@ -7,6 +7,10 @@ uplink topics and read only its own commands.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -76,3 +80,29 @@ def test_a_device_reaches_only_its_own_topics(
     device.assert_no_message(0.5)
     cloud.publish("b2l/v1/B-1/commands", b"for B-1")
     assert device.expect_message().payload == b"for B-1"
+
+
+def test_create_device_writes_the_broker_line(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'cloud.db'}"
+    env = {**os.environ, "B2L_OPERATOR_PASSWORD": "bench-Operator-1"}
+    b2l = [sys.executable, "-m", "b2l.cli"]
+    subprocess.run(
+        [*b2l, "hil", "provision", "--battery", "B-7", "--database-url", url],
+        check=True,
+        capture_output=True,
+        env=env,
+    )
+    passwd = tmp_path / "passwd"
+    passwd.write_text("cloud:$7$101$x$y\n")
+    done = subprocess.run(
+        [*b2l, "cloud", "create-device", "B-7", "--database-url", url, "--json",
+         "--mosquitto-passwd", str(passwd)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )  # fmt: skip
+    secret = json.loads(done.stdout)["secret"]
+    lines = dict(line.split(":", 1) for line in passwd.read_text().splitlines())
+    assert lines["cloud"] == "$7$101$x$y"  # the other users stay
+    assert verify_password(secret, lines["B-7"])
+    assert secret not in passwd.read_text()

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from b2l.arg_types import duration as _duration
 from b2l.cli import main
-from b2l.sim_cmd import _duration
 from simulators.bms import FaultKind
 from simulators.load import ProfileLoad
 from simulators.pack import build_pack

@@ -1,0 +1,147 @@
+"""Helpers of the cloud benchmarks: the ``b2l cloud ...`` command line as a subprocess, a
+throwaway cloud server on a random loopback port, device tokens, and client processes.
+
+Not a benchmark itself. The servers under test always run in their own processes; the load
+comes from other processes (``run_clients``), and everything listens on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from hil.services import LOOPBACK, find_free_port, wait_for_port
+
+
+def b2l_argv(*args: str) -> list[str]:
+    """``b2l ARGS`` with this interpreter."""
+    return [sys.executable, "-m", "b2l.cli", *args]
+
+
+def cloud_env(database_url: str, **extra: str) -> dict[str, str]:
+    """The environment of a benchmarked cloud process: quiet logs, no ingestion rate limit."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("B2L_")}
+    env.update(
+        B2L_DATABASE_URL=database_url,
+        B2L_LOG_LEVEL="WARNING",
+        B2L_ACCESS_LOG="false",
+        B2L_INGEST_RATE_ROWS_PER_S="0",
+        B2L_ARGON2_TIME_COST="1",
+        B2L_ARGON2_MEMORY_KIB="1024",
+        B2L_ARGON2_PARALLELISM="1",
+    )
+    env.update(extra)
+    return env
+
+
+@contextmanager
+def cloud_process(argv: list[str], env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+    """A ``b2l cloud ...`` subprocess, terminated at the end; its log goes to a temp file."""
+    log = Path(tempfile.mkstemp(prefix="b2l-bench-", suffix=".log")[1])
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(15)
+        if proc.returncode not in (0, -15):
+            print(log.read_text(errors="replace")[-2000:], file=sys.stderr)
+        log.unlink(missing_ok=True)
+
+
+@contextmanager
+def cloud_server(database_url: str, **env: str) -> Iterator[str]:
+    """``b2l cloud serve`` on a random loopback port; yields its base URL."""
+    port = find_free_port()
+    argv = b2l_argv("cloud", "serve", "--host", LOOPBACK, "--port", str(port), "--no-migrate")
+    with cloud_process(argv, cloud_env(database_url, **env)) as proc:
+        try:
+            wait_for_port(LOOPBACK, port, 60)
+        except TimeoutError:
+            raise RuntimeError(f"b2l cloud serve did not start (exit {proc.poll()})") from None
+        yield f"http://{LOOPBACK}:{port}"
+
+
+def create_device(database_url: str, battery_id: str) -> dict[str, str]:
+    """``b2l cloud create-device BATTERY --json``."""
+    done = subprocess.run(
+        b2l_argv("cloud", "create-device", battery_id, "--json"),
+        env=cloud_env(database_url),
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr.decode(errors="replace"))
+    result: dict[str, str] = json.loads(done.stdout)
+    return result
+
+
+def token(base_url: str, username: str, password: str) -> str:
+    """An access token from ``POST /api/v1/auth/token``."""
+    response = httpx.post(
+        f"{base_url}/api/v1/auth/token",
+        data={"username": username, "password": password},
+        timeout=30,
+    )
+    response.raise_for_status()
+    access: str = response.json()["access_token"]
+    return access
+
+
+def _client_main(
+    target: Callable[..., dict[str, Any]], barrier: Any, results: Any, index: int, job: Any
+) -> None:
+    try:
+        results.put((index, target(barrier, *job)))
+    except BaseException as exc:
+        barrier.abort()
+        results.put((index, {"error": f"{type(exc).__name__}: {exc}"}))
+
+
+def run_clients(
+    target: Callable[..., dict[str, Any]], jobs: Sequence[tuple[Any, ...]]
+) -> tuple[list[dict[str, Any]], float]:
+    """Run ``target(barrier, *job)`` in one process per job; they start together after their
+    set-up (``barrier.wait()`` inside ``target``). Returns their results and the wall-clock
+    seconds from the common start to the last one's end."""
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(len(jobs) + 1)
+    results = ctx.Queue()
+    procs = [
+        ctx.Process(target=_client_main, args=(target, barrier, results, i, job), daemon=True)
+        for i, job in enumerate(jobs)
+    ]
+    for proc in procs:
+        proc.start()
+    try:
+        barrier.wait(timeout=600)
+    except Exception:
+        out = [results.get(timeout=60) for _ in procs]
+        raise RuntimeError(f"a client failed before the start: {out}") from None
+    start = time.perf_counter()
+    collected = dict(results.get(timeout=3600) for _ in procs)
+    wall = time.perf_counter() - start
+    for proc in procs:
+        proc.join(30)
+    ordered = [collected[i] for i in range(len(jobs))]
+    errors = [r["error"] for r in ordered if "error" in r]
+    if errors:
+        raise RuntimeError(f"client errors: {errors}")
+    return ordered, wall

@@ -1,0 +1,207 @@
+"""Benchmark MQTT ingestion: QoS 1 messages per second through Mosquitto into the consumer.
+
+Run on demand (not in the test suite):
+    .venv/bin/python bench/cloud_mqtt_ingestion.py [--messages 20000] [--batteries 100]
+        [--cells 16] [--publishers 2] [--estimates] [--mirror] [--json]
+
+A throwaway PostgreSQL (fsync off) and a throwaway Mosquitto (``max_queued_messages 0``) on
+loopback; ``--batteries`` batteries registered. The consumer is ``b2l cloud mqtt`` in its own
+process (persistent session, shared subscription, group commits, PUBACK after commit).
+
+* **drain**: the consumer subscribes once and stops; ``--publishers`` processes publish
+  ``--messages`` QoS 1 messages (each an UplinkBatch of one telemetry record of ``--cells``
+  Pillar 1 cells and a pack; ``--estimates`` adds the edge's estimates), which the broker queues
+  in the consumer's session; then the consumer starts again and drains them. Its rate is
+  measured in the database: messages stored after the first group commit divided by the time
+  from the first to the last commit (``ingested_records.received_at``), so start-up is not in.
+* **live**: publishers and consumer run at once (all on the same 2 cores); the rate is from the
+  first to the last commit as well.
+
+Target (SPEC section 8): >= 10k messages/s at QoS 1. Prints one JSON object with ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from threading import Barrier
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from cloud_common import b2l_argv, cloud_env, cloud_process, run_clients
+from paho.mqtt.enums import CallbackAPIVersion
+from sqlalchemy import text
+
+from cloud.db.engine import Database
+from cloud.db.migrate import upgrade
+from cloud.services.batteries import BatteryService
+from hil.services import MosquittoServer, PostgresServer
+from twin.cell_params import load_builtin
+from twin.topology import BatteryTopology
+
+T0 = datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+CLIENT_ID = "bench-consumer"
+
+
+def message(battery: int, seq: int, n_cells: int, estimates: bool) -> bytes:
+    record: dict[str, Any] = {
+        "kind": "telemetry",
+        "seq": seq,
+        "timestamp": (T0 + timedelta(seconds=seq)).isoformat(),
+        "pillar1": [
+            {"cell_id": c, "voltage_v": 3.6 + 0.001 * ((seq + c) % 50), "temperature_c": 25.0,
+             "current_a": -5.0, "sot": 0.9, "phase": 1.0, "soc": 0.5, "sos": 0.95}
+            for c in range(n_cells)
+        ],
+        "packs": [{"pack_index": 0, "voltage_v": 3.6 * n_cells, "current_a": -5.0, "faults": []}],
+    }  # fmt: skip
+    if estimates:
+        record["estimates"] = [{"cell_id": c, "soc": 0.5, "soc_std": 0.02} for c in range(n_cells)]
+    return json.dumps({"battery_id": f"mq-{battery:04d}", "records": [record]}).encode()
+
+
+def publisher(
+    barrier: Barrier,
+    host: str,
+    port: int,
+    work: list[tuple[int, int]],
+    n_cells: int,
+    estimates: bool,
+) -> dict[str, Any]:
+    """One publisher process: QoS 1 publishes, up to 1000 in flight, waits for every PUBACK."""
+    payloads = [
+        (f"b2l/v1/mq-{b:04d}/telemetry", message(b, s, n_cells, estimates)) for b, s in work
+    ]
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.max_inflight_messages_set(1000)
+    client.max_queued_messages_set(0)
+    acked = [0]
+    client.on_publish = lambda *_: acked.__setitem__(0, acked[0] + 1)
+    client.connect(host, port)
+    client.loop_start()
+    barrier.wait(timeout=300)
+    start = time.perf_counter()
+    for topic, body in payloads:
+        client.publish(topic, body, qos=1)
+    deadline = time.monotonic() + 600
+    while acked[0] < len(payloads) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    elapsed = time.perf_counter() - start
+    client.disconnect()
+    client.loop_stop()
+    return {"published": acked[0], "elapsed_s": elapsed}
+
+
+def commit_span(db: Database) -> tuple[int, int, float]:
+    """(stored, stored in the first commit, seconds from the first to the last commit)."""
+    with db.read() as session:
+        total, first, last = session.execute(
+            text("SELECT count(*), min(received_at), max(received_at) FROM ingested_records")
+        ).one()
+        if not total:
+            return 0, 0, 0.0
+        in_first = session.execute(
+            text("SELECT count(*) FROM ingested_records WHERE received_at = :t"), {"t": first}
+        ).scalar_one()
+    return int(total), int(in_first), (last - first).total_seconds()
+
+
+def wait_stored(db: Database, n: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while commit_span(db)[0] < n:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {commit_span(db)[0]} of {n} stored after {timeout_s}s")
+        time.sleep(0.2)
+
+
+def run_phase(name: str, server: PostgresServer, args: argparse.Namespace) -> dict[str, Any]:
+    url = server.create_database(f"bench_mqtt_{name}")
+    upgrade(url)
+    db = Database.from_url(url)
+    registry = BatteryService(db)
+    params = load_builtin("nmc_lgm50") if args.mirror else None
+    for b in range(args.batteries):
+        registry.register(
+            f"mq-{b:04d}", BatteryTopology(cells_per_module=args.cells), cell_parameters=params
+        )
+    work = [(i % args.batteries, i // args.batteries + 1) for i in range(args.messages)]
+    lanes = [[w for w in work if w[0] % args.publishers == p] for p in range(args.publishers)]
+    with MosquittoServer(extra_config="max_queued_messages 0") as broker:
+        env = cloud_env(url)
+        argv = b2l_argv(
+            "cloud", "mqtt", "--mqtt-url", f"mqtt://{broker.host}:{broker.port}",
+            "--client-id", CLIENT_ID, "--no-commands", "--no-migrate",
+        )  # fmt: skip
+        probe = (0, 10**9)
+        jobs = [(broker.host, broker.port, lane, args.cells, args.estimates) for lane in lanes]
+        with cloud_process(argv, env):
+            # the consumer is up once a probe message is stored
+            deadline = time.monotonic() + 60
+            client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+            client.connect(broker.host, broker.port)
+            client.loop_start()
+            while commit_span(db)[0] == 0:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the consumer did not start")
+                client.publish(
+                    "b2l/v1/mq-0000/telemetry", message(*probe, args.cells, False), qos=1
+                )
+                time.sleep(0.5)
+            client.disconnect()
+            client.loop_stop()
+            time.sleep(0.5)
+            with db.write() as session:
+                session.execute(text("DELETE FROM ingested_records"))  # the probe
+            if name == "live":
+                results, wall = run_clients(publisher, jobs)
+                wait_stored(db, args.messages, 600)
+        if name == "drain":
+            results, wall = run_clients(publisher, jobs)  # queued in the consumer's session
+            with cloud_process(argv, env):
+                wait_stored(db, args.messages, 600)
+        total, first, span_s = commit_span(db)
+    db.dispose()
+    timed = total - first
+    return {
+        "messages": args.messages,
+        "published_per_s": sum(r["published"] for r in results) / wall,
+        "stored": total,
+        "consumer_messages_per_s": timed / span_s if span_s > 0 else None,
+        "consumer_cell_rows_per_s": timed * args.cells / span_s if span_s > 0 else None,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=20_000)
+    parser.add_argument("--batteries", type=int, default=100)
+    parser.add_argument("--cells", type=int, default=16)
+    parser.add_argument("--publishers", type=int, default=2)
+    parser.add_argument("--estimates", action="store_true", help="add the edge's estimates")
+    parser.add_argument("--mirror", action="store_true", help="register with a cell model")
+    parser.add_argument("--phases", default="drain,live", help="drain, live or both")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    result: dict[str, Any] = {
+        "batteries": args.batteries,
+        "cells": args.cells,
+        "estimates": args.estimates,
+        "mirror": args.mirror,
+        "cpus": os.cpu_count(),
+    }
+    with PostgresServer(fsync=False) as server:
+        for phase in args.phases.split(","):
+            result[phase] = run_phase(phase, server, args)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
