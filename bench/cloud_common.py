@@ -66,10 +66,13 @@ def cloud_process(argv: list[str], env: dict[str, str]) -> Iterator[subprocess.P
 
 
 @contextmanager
-def cloud_server(database_url: str, **env: str) -> Iterator[str]:
-    """``b2l cloud serve`` on a random loopback port; yields its base URL."""
+def cloud_server(database_url: str, workers: int = 1, **env: str) -> Iterator[str]:
+    """``b2l cloud serve [--workers N]`` on a random loopback port; yields its base URL."""
     port = find_free_port()
-    argv = b2l_argv("cloud", "serve", "--host", LOOPBACK, "--port", str(port), "--no-migrate")
+    argv = b2l_argv(
+        "cloud", "serve", "--host", LOOPBACK, "--port", str(port), "--no-migrate",
+        "--workers", str(workers),
+    )  # fmt: skip
     with cloud_process(argv, cloud_env(database_url, **env)) as proc:
         try:
             wait_for_port(LOOPBACK, port, 60)

@@ -161,7 +161,7 @@ def bench_http(url: str, args: argparse.Namespace) -> tuple[int, float]:
     finally:
         db.dispose()
     batches = plan(args)
-    with cloud_server(url) as base_url:
+    with cloud_server(url, workers=args.workers) as base_url:
         tokens = {b: token(base_url, d, s) for b, (d, s) in devices.items()}
         with httpx.Client(base_url=base_url, timeout=60) as http:  # warm-up: partitions, caches
             for b, n in batches[:WARMUP_BATCHES]:
@@ -282,6 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=4, help="client processes (COPY threads)")
     parser.add_argument("--mirror", action="store_true", help="register with a cell model")
     parser.add_argument("--service", action="store_true", help="also the in-process service")
+    parser.add_argument("--workers", type=int, default=1, help="b2l cloud serve --workers")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     args.clients = max(1, min(args.clients, args.batteries))

@@ -140,13 +140,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--batteries", type=int, default=20)
+    parser.add_argument("--workers", type=int, default=1, help="b2l cloud serve --workers")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     with PostgresServer(fsync=False) as server:
         url = server.create_database("bench_twin")
         upgrade(url)
         seed(url, args)
-        with cloud_server(url) as base_url:
+        with cloud_server(url, workers=args.workers) as base_url:
             bearer = token(base_url, "bench-operator", PASSWORD)
             tokens = {f"tw-{b:04d}": bearer for b in range(args.batteries)}
             twin_paths = [(f"/api/v1/batteries/{b}/twin", t) for b, t in tokens.items()]
