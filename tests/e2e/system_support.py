@@ -197,15 +197,19 @@ class System:
             )
             return [r[0].timestamp() for r in rows]
 
-    def received_in_seq_order(self, battery_id: str) -> bool:
-        """Whether the cloud received the records in the order of their seqs."""
+    def received_out_of_order(self, battery_id: str) -> list[tuple[int, int]]:
+        """(seq, next seq) pairs of telemetry records the cloud received in the wrong order;
+        alarms and the edge's events take the priority lane ahead of a backlog, by design."""
         with self.engine.connect() as connection:
             rows = connection.execute(
-                text("SELECT received_at FROM ingested_records WHERE battery_id = :b ORDER BY seq"),
+                text(
+                    "SELECT seq, received_at FROM ingested_records WHERE battery_id = :b"
+                    " AND kind = 'telemetry' ORDER BY seq"
+                ),
                 {"b": battery_id},
             )
-            received = [r[0] for r in rows]
-        return all(a <= b for a, b in pairwise(received))
+            received = [(int(seq), at) for seq, at in rows]
+        return [(a[0], b[0]) for a, b in pairwise(received) if a[1] > b[1]]
 
     def duplicate_cell_rows(self, battery_id: str) -> int:
         """Cell rows stored more than once for one (seq, cell): must be 0."""
