@@ -27,6 +27,7 @@ import json
 import os
 import time
 from collections.abc import Sequence
+from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from threading import Barrier
 from typing import Any
@@ -132,13 +133,21 @@ def run_phase(name: str, server: PostgresServer, args: argparse.Namespace) -> di
     lanes = [[w for w in work if w[0] % args.publishers == p] for p in range(args.publishers)]
     with MosquittoServer(extra_config="max_queued_messages 0") as broker:
         env = cloud_env(url)
-        argv = b2l_argv(
-            "cloud", "mqtt", "--mqtt-url", f"mqtt://{broker.host}:{broker.port}",
-            "--client-id", CLIENT_ID, "--no-commands", "--no-migrate",
-        )  # fmt: skip
+        consumers = args.consumers if name == "live" else 1
+        argvs = [
+            b2l_argv(
+                "cloud", "mqtt", "--mqtt-url", f"mqtt://{broker.host}:{broker.port}",
+                "--client-id", CLIENT_ID if k == 0 else f"{CLIENT_ID}-{k}",
+                "--no-commands", "--no-migrate",
+            )
+            for k in range(consumers)
+        ]  # fmt: skip
+        argv = argvs[0]
         probe = (0, 10**9)
         jobs = [(broker.host, broker.port, lane, args.cells, args.estimates) for lane in lanes]
-        with cloud_process(argv, env):
+        with ExitStack() as running:
+            for consumer_argv in argvs:  # one shared-subscription group: they split the load
+                running.enter_context(cloud_process(consumer_argv, env))
             # the consumer is up once a probe message is stored
             deadline = time.monotonic() + 60
             client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
@@ -181,6 +190,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batteries", type=int, default=100)
     parser.add_argument("--cells", type=int, default=16)
     parser.add_argument("--publishers", type=int, default=2)
+    parser.add_argument(
+        "--consumers",
+        type=int,
+        default=1,
+        help="b2l cloud mqtt processes in the live phase (one $share group splits the load)",
+    )
     parser.add_argument("--estimates", action="store_true", help="add the edge's estimates")
     parser.add_argument("--mirror", action="store_true", help="register with a cell model")
     parser.add_argument("--phases", default="drain,live", help="drain, live or both")
