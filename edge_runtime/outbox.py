@@ -224,16 +224,20 @@ class Outbox:
                     f"outbox.path: {self.path} belongs to battery {stored!r}, not "
                     f"{self.battery_id!r} (sequence numbers are per battery)"
                 )
-        row = db.execute(
+        self._load_counters()
+
+    def _load_counters(self) -> None:
+        """The in-memory counters from the file (at start, and after a rolled-back write)."""
+        row = self._db.execute(
             "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM records WHERE acked_s IS NULL"
         ).fetchone()
         self._pending, self._pending_bytes = int(row[0]), int(row[1])
         self._stored_bytes = int(
-            db.execute("SELECT COALESCE(SUM(size), 0) FROM records").fetchone()[0]
+            self._db.execute("SELECT COALESCE(SUM(size), 0) FROM records").fetchone()[0]
         )
 
     def _tx(self) -> _Transaction:
-        return _Transaction(self._db)
+        return _Transaction(self._db, on_rollback=self._load_counters)
 
     def _meta(self, key: str) -> str | None:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -697,10 +701,17 @@ class Outbox:
 
 
 class _Transaction:
-    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on an exception); nests as a no-op."""
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on an exception); nests as a no-op.
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    SQLite may already have rolled back (``SQLITE_FULL``: a full disk); the original error is
+    kept, and ``on_rollback`` resets what the caller counted in memory.
+    """
+
+    def __init__(
+        self, db: sqlite3.Connection, on_rollback: Callable[[], None] | None = None
+    ) -> None:
         self._db = db
+        self._on_rollback = on_rollback
         self._outer = False
 
     def __enter__(self) -> _Transaction:
@@ -713,9 +724,19 @@ class _Transaction:
         if not self._outer:
             return
         if exc_type is None:
-            self._db.execute("COMMIT")
-        else:
+            try:
+                self._db.execute("COMMIT")
+                return
+            except sqlite3.Error:
+                self._rollback()
+                raise
+        self._rollback()
+
+    def _rollback(self) -> None:
+        if self._db.in_transaction:
             self._db.execute("ROLLBACK")
+        if self._on_rollback is not None:
+            self._on_rollback()
 
 
 def _ranges(seqs: list[int]) -> list[tuple[int, int]]:

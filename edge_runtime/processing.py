@@ -155,11 +155,10 @@ class Processor:
         inside = (ids >= 0) & (ids < self.n_cells)
         ids = ids[inside]
         current_in = sample.current_a[inside]
-        finite_current = current_in[np.isfinite(current_in)]
-        if finite_current.size == 0:
-            return None
-        current = np.full(self.n_cells, float(np.median(finite_current)) / self.parallel)
         good_i = np.isfinite(current_in)
+        if not np.any(good_i):
+            return None
+        current = np.full(self.n_cells, float(np.median(current_in[good_i])) / self.parallel)
         current[ids[good_i]] = current_in[good_i] / self.parallel
         voltage = np.full(self.n_cells, math.nan)
         v_in = sample.voltage_v[inside]
@@ -180,12 +179,12 @@ class Processor:
         current, voltage, temperature = inputs
         known = np.isfinite(voltage)
         self._voltage_v[known] = voltage[known]
-        filled_v = np.where(np.isfinite(self._voltage_v), self._voltage_v, np.nan)
-        if not np.any(np.isfinite(filled_v)):
+        seen = np.isfinite(self._voltage_v)
+        if not np.any(seen):
             self.counters.skipped_samples += 1
             return []
-        fallback = float(np.nanmedian(filled_v))
-        filled_v = np.where(np.isfinite(filled_v), filled_v, fallback)
+        fallback = float(np.median(self._voltage_v[seen]))
+        filled_v = np.where(seen, self._voltage_v, fallback)
         dt_s = None if self._last_time_s is None else sample.time_s - self._last_time_s
         if dt_s is not None and dt_s <= 0.0:
             self.counters.skipped_samples += 1
@@ -385,7 +384,6 @@ class Processor:
                 "rc": [
                     RcBranch(r_ohm=[p.r_ohm] * n, tau_s=[p.r_ohm * p.c_f] * n) for p in ecm.rc_pairs
                 ],
-                "activation_energy_j_per_mol": self.params.activation_energy_j_per_mol,
             }
         )
         self._resistance_scale = np.ones(self.n_cells)

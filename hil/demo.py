@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import secrets
@@ -33,10 +32,11 @@ from typing import Any, TextIO
 
 import httpx
 from pydantic import SecretStr
+from sqlalchemy.engine import make_url
 
 from cloud.services.accounts import NewDevice
 from cloud.settings import CloudSettings
-from hil.pack_node import PackNodeSpec
+from hil.pack_node import PackNodeSpec, write_private, write_spec
 from hil.provision import BatterySpec, provision
 from hil.services import find_free_port
 from twin.errors import B2LError, ConfigError
@@ -140,11 +140,7 @@ def run_demo(
         nodes: list[subprocess.Popen[bytes]] = []
         for spec in specs:
             spec_path = data_dir / f"{spec.battery_id}.node.json"
-            _write_private(spec_path, _spec_json(spec))
-            node = _start(
-                [sys.executable, "-m", "hil.pack_node", str(spec_path)],
-                data_dir / "logs" / f"{spec.battery_id}.log",
-            )
+            node = _start(write_spec(spec, spec_path), data_dir / "logs" / f"{spec.battery_id}.log")
             stack.callback(_stop_process, node)
             nodes.append(node)
         print(f"b2l demo: cloud API  {base_url}/api/v1   docs {base_url}/docs", file=out)
@@ -167,19 +163,13 @@ def run_demo(
 def _operator_password(data_dir: Path, given: str | None) -> str:
     path = data_dir / "operator-password"
     if given is not None:
-        _write_private(path, given)
+        write_private(path, given)
         return given
     if path.is_file():
         return path.read_text(encoding="utf-8").strip()
     password = "demo-" + secrets.token_urlsafe(12)
-    _write_private(path, password)
+    write_private(path, password)
     return password
-
-
-def _write_private(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
 
 
 def _node_specs(
@@ -208,18 +198,8 @@ def _node_specs(
     ]
 
 
-def _spec_json(spec: PackNodeSpec) -> str:
-    data = spec.model_dump(mode="json")
-    data["device_secret"] = spec.device_secret.get_secret_value()
-    return json.dumps(data, indent=2)
-
-
 def _redact(url: str) -> str:
-    head, sep, tail = url.partition("@")
-    if not sep:
-        return url
-    scheme, _, _credentials = head.partition("://")
-    return f"{scheme}://***@{tail}"
+    return make_url(url).render_as_string(hide_password=True)
 
 
 # ------------------------------------------------------------------------------ processes

@@ -14,7 +14,9 @@ runs in the main thread, as ``b2l edge run`` would, and opens the BMS by name:
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -41,7 +43,7 @@ from simulators.scenario import scenario_from_data
 from twin.errors import B2LError
 from twin.topology import BatteryTopology
 
-__all__ = ["PackNodeSpec", "run_node"]
+__all__ = ["PackNodeSpec", "run_node", "write_private", "write_spec"]
 
 log = logging.getLogger("hil.pack_node")
 SIMULATION_CHUNK_S = 0.5
@@ -171,6 +173,21 @@ def _uplink(spec: PackNodeSpec) -> HttpUplinkSettings | MqttUplinkSettings:
         command_poll_s=2.0,
         backoff_cap_s=10.0,
     )
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to a file only its owner may read (it holds a secret)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def write_spec(spec: PackNodeSpec, path: Path) -> list[str]:
+    """Write ``spec`` (with its device secret, owner-only) to ``path``; the node's command."""
+    data = spec.model_dump(mode="json")
+    data["device_secret"] = spec.device_secret.get_secret_value()
+    write_private(path, json.dumps(data, indent=2))
+    return [sys.executable, "-m", "hil.pack_node", str(path)]
 
 
 def run_node(spec: PackNodeSpec, stop: threading.Event) -> None:

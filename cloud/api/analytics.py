@@ -14,9 +14,9 @@ from fastapi import APIRouter, Depends, Query
 
 from cloud.api.deps import Access, DatabaseDep, require
 from cloud.api.errors import BATTERY_RESPONSES
+from cloud.api.telemetry import require_timezone
 from cloud.security.policy import Action, Category
 from cloud.services.analytics import AnalyticsService, AnalyticsSummary
-from twin.errors import TwinValidationError
 
 router = APIRouter(prefix="/api/v1", tags=["analytics"])
 
@@ -40,7 +40,5 @@ def get_analytics(
     ] = 86_400,
 ) -> AnalyticsSummary:
     """The battery's analytics summary over ``[start, end)``."""
-    for value in (start, end):
-        if value is not None and value.tzinfo is None:
-            raise TwinValidationError("start and end must carry a timezone (e.g. Z or +00:00)")
+    require_timezone(start, end)
     return AnalyticsService(db).summary(access.battery_id, start=start, end=end, bucket_s=bucket_s)

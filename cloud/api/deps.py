@@ -29,13 +29,10 @@ from typing import Annotated
 
 from fastapi import Depends, Path, Request
 from fastapi.security import OAuth2PasswordBearer
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cloud.clock import utc_now
 from cloud.db.engine import Database
-from cloud.db.models import BatteryRow
-from cloud.errors import NotFoundError
 from cloud.metrics import CloudMetrics
 from cloud.security.context import SecurityContext
 from cloud.security.errors import AuthenticationError, PermissionDeniedError, RateLimitedError
@@ -53,6 +50,7 @@ from cloud.security.policy import (
 from cloud.security.tokens import TokenType, verify_token
 from cloud.services.accounts import grants_of
 from cloud.services.audit import record_audit
+from cloud.services.batteries import battery_parties
 from cloud.services.ingestion import IngestionService
 from cloud.settings import CloudSettings
 from twin.base import BATTERY_ID_PATTERN
@@ -234,17 +232,10 @@ def require(category: Category, action: Action = Action.READ) -> Callable[..., A
         now = state.clock()
         needs_grants = principal.role not in (Role.ADMIN, Role.DEVICE)
         with state.db.read() as session:
-            row = session.execute(
-                select(BatteryRow.manufacturer, BatteryRow.owner).where(
-                    BatteryRow.battery_id == battery_id
-                )
-            ).one_or_none()
-            if row is None:
-                raise NotFoundError(f"no battery {battery_id!r}")
+            manufacturer, owner = battery_parties(session, battery_id)
             grants = (
                 tuple(grants_of(session, principal.subject, battery_id)) if needs_grants else ()
             )
-        manufacturer, owner = row
         decision = decide(principal, battery_id, category, action, now, grants, manufacturer, owner)
         audited = needs_audit(principal, battery_id, category, action) or (
             not decision and (action is Action.WRITE or category in RESTRICTED_CATEGORIES)

@@ -21,12 +21,12 @@ from cloud.api.telemetry import (
     batch_body_openapi,
     ingest_body,
     limit_query,
+    require_timezone,
 )
 from cloud.security.policy import Action, Category
 from cloud.services.history import EisSpectrumView, HistoryService
 from cloud.services.ingestion import IngestResult
 from twin.base import CellId
-from twin.errors import TwinValidationError
 
 router = APIRouter(prefix="/api/v1", tags=["eis"])
 EIS_KINDS = frozenset({"eis"})
@@ -72,9 +72,7 @@ def get_eis(
     ] = None,
 ) -> list[EisSpectrumView]:
     """Spectra measured in ``[start, end)`` (no bound when absent), oldest first."""
-    for value in (start, end):
-        if value is not None and value.tzinfo is None:
-            raise TwinValidationError("start and end must carry a timezone (e.g. Z or +00:00)")
+    require_timezone(start, end)
     history = HistoryService(state.db, max_rows=state.settings.history_max_rows)
     return history.eis(
         access.battery_id,

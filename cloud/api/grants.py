@@ -12,17 +12,15 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
-from sqlalchemy import select
 
 from cloud.api.admin import GrantableCategory, GrantOut, grant_out
 from cloud.api.deps import BatteryIdPath, CurrentPrincipal, StateDep
 from cloud.api.errors import AUTH_RESPONSES, ErrorBody
-from cloud.db.models import BatteryRow
-from cloud.errors import NotFoundError
 from cloud.security.errors import PermissionDeniedError
 from cloud.security.policy import Principal, Role
 from cloud.services import accounts
 from cloud.services.audit import record_audit
+from cloud.services.batteries import battery_parties
 from twin.base import BATTERY_ID_PATTERN
 
 router = APIRouter(prefix="/api/v1", tags=["grants"])
@@ -53,12 +51,8 @@ def owner_of_battery(
 ) -> Principal:
     """The caller if it owns the battery (or is an admin): 404 without the battery, else 403."""
     with state.db.read() as session:
-        row = session.execute(
-            select(BatteryRow.owner).where(BatteryRow.battery_id == battery_id)
-        ).one_or_none()
-    if row is None:
-        raise NotFoundError(f"no battery {battery_id!r}")
-    if principal.role is Role.ADMIN or (not principal.is_device and principal.subject == row[0]):
+        _, owner = battery_parties(session, battery_id)
+    if principal.role is Role.ADMIN or (not principal.is_device and principal.subject == owner):
         return principal
     raise PermissionDeniedError("only the battery's owner (or an admin) manages its grants")
 

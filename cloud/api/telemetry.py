@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 import zlib
 from collections.abc import Iterable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -305,15 +305,30 @@ def parse_bucket(text: str | None) -> int | None:
     return seconds
 
 
+def require_timezone(start: datetime | None, end: datetime | None) -> None:
+    """TwinValidationError (422) when ``start`` or ``end`` is naive or not representable in UTC."""
+    for name, value in (("start", start), ("end", end)):
+        if value is None:
+            continue
+        if value.tzinfo is None:
+            raise TwinValidationError(f"{name} must carry a timezone (e.g. Z or +00:00)")
+        try:
+            value.astimezone(UTC)
+        except OverflowError:
+            raise TwinValidationError(f"{name} is out of range once in UTC") from None
+
+
 def time_window(
     start: datetime | None, end: datetime | None, now: datetime
 ) -> tuple[datetime, datetime]:
     """``[start, end)``; defaults: the hour before ``end``, ``end`` = now. Naive times: 422."""
-    for name, value in (("start", start), ("end", end)):
-        if value is not None and value.tzinfo is None:
-            raise TwinValidationError(f"{name} must carry a timezone (e.g. Z or +00:00)")
+    require_timezone(start, end)
     end = end if end is not None else now
-    start = start if start is not None else end - DEFAULT_WINDOW
+    if start is None:
+        try:
+            start = end - DEFAULT_WINDOW
+        except OverflowError:
+            raise TwinValidationError("end is too early for the default window") from None
     return start, end
 
 

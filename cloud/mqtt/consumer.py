@@ -53,7 +53,7 @@ __all__ = ["Inbound", "MqttConsumer", "Outcome", "decode_message"]
 log = logging.getLogger("cloud.mqtt.consumer")
 
 MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
-"""Bound of a payload after gzip decompression."""
+"""Bound of a payload, as received and after gzip decompression."""
 _GZIP_MAGIC = b"\x1f\x8b"
 _RETRY_MIN_S = 0.2
 _RETRY_MAX_S = 5.0
@@ -120,6 +120,8 @@ def decode_message(topic: str, payload: bytes) -> UplinkBatch | tuple[str, str]:
         return Outcome.MISMATCH, str(exc)
     if not parsed.channel.from_edge:
         return Outcome.MISMATCH, f"{topic!r} is not an edge-to-cloud channel"
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        return Outcome.MALFORMED, f"payload of {len(payload)} bytes (most: {MAX_PAYLOAD_BYTES})"
     if payload[:2] == _GZIP_MAGIC:
         try:
             payload = _gunzip(payload)
@@ -239,7 +241,10 @@ class MqttConsumer:
                 continue
             group = _Group()
             for message in messages:
-                decoded = decode_message(message.topic, message.payload)
+                try:
+                    decoded = decode_message(message.topic, message.payload)
+                except Exception as exc:  # a decoder bug must not stop the consumer
+                    decoded = (Outcome.MALFORMED, _short(exc))
                 if isinstance(decoded, UplinkBatch):
                     group.good.append((message, decoded))
                 else:

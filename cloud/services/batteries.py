@@ -62,6 +62,16 @@ def get_battery_row(session: Session, battery_id: str) -> BatteryRow:
     return row
 
 
+def battery_parties(session: Session, battery_id: str) -> tuple[str | None, str | None]:
+    """``(manufacturer, owner)`` of a battery (for access decisions); NotFoundError without it."""
+    row = session.execute(
+        select(BatteryRow.manufacturer, BatteryRow.owner).where(BatteryRow.battery_id == battery_id)
+    ).one_or_none()
+    if row is None:
+        raise NotFoundError(f"no battery {battery_id!r}")
+    return row[0], row[1]
+
+
 def _view(row: BatteryRow) -> BatteryView:
     return BatteryView(
         battery_id=row.battery_id,

@@ -194,12 +194,16 @@ class BmsLink(ABC):
         command_timeout_s: float = 0.25,
         command_retries: int = 3,
         sample_timeout_s: float = 0.5,
+        reconnect_s: float = 2.0,
     ) -> None:
         self.cell_count = cell_count
         self.clock = clock
         self.command_timeout_s = command_timeout_s
         self.command_retries = command_retries
         self.sample_timeout_s = sample_timeout_s
+        self.reconnect_s = reconnect_s
+        """Wait between attempts to (re)open the bus or port."""
+        self._next_open_s = -math.inf
         self.counters = LinkCounters()
         self.bms_reporting_period_ms: int | None = None
         """The BMS's reporting period as it last said (None: not heard yet)."""
@@ -224,6 +228,16 @@ class BmsLink(ABC):
             )
             self._bad_since_warning = 0
             self._last_warning_s = now
+
+    def _open_due(self) -> bool:
+        """The reconnect wait is over: the backend may try to open its bus or port."""
+        return self.clock.monotonic_s() >= self._next_open_s
+
+    def _open_failed(self, what: str, exc: BaseException) -> None:
+        """Count an I/O error and wait ``reconnect_s`` before the next open."""
+        self.counters.io_errors += 1
+        self._next_open_s = self.clock.monotonic_s() + self.reconnect_s
+        log.warning("%s (retry in %.0f s): %s", what, self.reconnect_s, exc)
 
     @property
     @abstractmethod

@@ -97,12 +97,11 @@ class CanLink(BmsLink):
             command_timeout_s=command_timeout_s,
             command_retries=command_retries,
             sample_timeout_s=sample_timeout_s,
+            reconnect_s=reconnect_s,
         )
         self._bus = bus
         self._owns_bus = bus is None
         self._bus_factory = bus_factory
-        self._reconnect_s = reconnect_s
-        self._next_open_s = -math.inf
         self._sequence = (
             initial_sequence if initial_sequence is not None else random_sequence_start(256)
         )
@@ -152,15 +151,12 @@ class CanLink(BmsLink):
     def _ensure_bus(self) -> can.BusABC | None:
         if self._bus is not None or self._bus_factory is None:
             return self._bus
-        now = self.clock.monotonic_s()
-        if now < self._next_open_s:
+        if not self._open_due():
             return None
         try:
             self._bus = self._bus_factory()
         except (can.CanError, OSError, ValueError, ImportError) as exc:
-            self.counters.io_errors += 1
-            self._next_open_s = now + self._reconnect_s
-            log.warning("cannot open the CAN bus (retry in %.0f s): %s", self._reconnect_s, exc)
+            self._open_failed("cannot open the CAN bus", exc)
             return None
         self.counters.reconnects += 1
         log.info("CAN bus open: %s", self._bus.channel_info)
@@ -172,7 +168,7 @@ class CanLink(BmsLink):
         if self._owns_bus and self._bus is not None:
             self._bus.shutdown()
             self._bus = None
-            self._next_open_s = self.clock.monotonic_s() + self._reconnect_s
+            self._next_open_s = self.clock.monotonic_s() + self.reconnect_s
 
     # ---------------------------------------------------------------- receive
 

@@ -84,13 +84,15 @@ _MAX_READ_PER_POLL = 1 << 20
 _UPTIME_WRAP_MARGIN_MS = 600_000
 
 
+_KNOWN_FAULT_BITS = sum(int(f) for f in FaultFlags)
+
+
 def fault_names(flags: int) -> frozenset[str]:
     """Lower-case names of the ``FaultFlags`` bits set in ``flags`` (unknown bits: ``bit_N``)."""
     names = {str(f.name).lower() for f in FaultFlags if flags & f}
-    known = 0
-    for f in FaultFlags:
-        known |= int(f)
-    names |= {f"bit_{b}" for b in range(32) if flags & ~known & (1 << b)}
+    unknown = flags & ~_KNOWN_FAULT_BITS
+    if unknown:
+        names |= {f"bit_{b}" for b in range(32) if unknown & (1 << b)}
     return frozenset(names)
 
 
@@ -129,12 +131,11 @@ class SerialLink(BmsLink):
             command_timeout_s=command_timeout_s,
             command_retries=command_retries,
             sample_timeout_s=sample_timeout_s,
+            reconnect_s=reconnect_s,
         )
         self.url = url
         self.baudrate = baudrate
-        self.reconnect_s = reconnect_s
         self._port: serial.SerialBase | None = None
-        self._next_open_s = -math.inf
         self._decoder = FrameDecoder()
         self._seq = initial_seq if initial_seq is not None else random_sequence_start(MAX_SEQ + 1)
         self._queue: deque[_Outgoing] = deque()
@@ -181,17 +182,14 @@ class SerialLink(BmsLink):
     def _ensure_port(self) -> serial.SerialBase | None:
         if self._port is not None or self._closed:
             return self._port
-        now = self.clock.monotonic_s()
-        if now < self._next_open_s:
+        if not self._open_due():
             return None
         try:
             self._port = serial.serial_for_url(
                 self.url, baudrate=self.baudrate, timeout=0, write_timeout=1.0
             )
         except (serial.SerialException, OSError, ValueError) as exc:
-            self.counters.io_errors += 1
-            self._next_open_s = now + self.reconnect_s
-            log.warning("cannot open %s (retry in %.0f s): %s", self.url, self.reconnect_s, exc)
+            self._open_failed(f"cannot open {self.url}", exc)
             return None
         self.counters.reconnects += 1
         self._decoder = FrameDecoder()

@@ -129,6 +129,16 @@ class Uplink(ABC):
         if self.listener is not None:
             self.listener.on_command(command)
 
+    def _receive_commands(self, payload: bytes | str) -> None:
+        """Pass on the payload's commands for this battery; count the invalid and the foreign."""
+        commands, bad = decode_commands(payload)
+        self.bad_commands += bad
+        for command in commands:
+            if command.battery_id == self.battery_id:
+                self._command(command)
+            else:
+                self.bad_commands += 1
+
 
 def _command(item: Any) -> Command:
     try:
@@ -145,7 +155,7 @@ def decode_commands(payload: bytes | str) -> tuple[list[Command], int]:
     of entries that are not valid commands (counted, never raised)."""
     try:
         data = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         log.warning("a command payload is not JSON")
         return [], 1
     if isinstance(data, dict):

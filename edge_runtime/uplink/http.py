@@ -33,7 +33,7 @@ import httpx
 from edge_runtime.clock import SYSTEM_CLOCK, Clock
 from edge_runtime.config import HttpUplinkSettings
 from edge_runtime.outbox import OutboxBatch
-from edge_runtime.uplink import Delivery, Outcome, Uplink, decode_commands
+from edge_runtime.uplink import Delivery, Outcome, Uplink
 from twin.errors import ConfigError
 
 __all__ = ["HttpUplink", "classify_response"]
@@ -330,13 +330,7 @@ class HttpUplink(Uplink):
         if not response.is_success:
             self.last_error = f"command poll: HTTP {response.status_code}"
             return
-        commands, bad = decode_commands(response.content)
-        self.bad_commands += bad
-        for command in commands:
-            if command.battery_id == self.battery_id:
-                self._command(command)
-            else:
-                self.bad_commands += 1
+        self._receive_commands(response.content)
 
     def status(self) -> dict[str, object]:
         """Reachability, last error, request count."""

@@ -36,7 +36,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from edge_runtime.clock import SYSTEM_CLOCK, Clock
 from edge_runtime.config import MqttUplinkSettings
 from edge_runtime.outbox import OutboxBatch
-from edge_runtime.uplink import Delivery, Outcome, Uplink, UplinkListener, decode_commands
+from edge_runtime.uplink import Delivery, Outcome, Uplink, UplinkListener
 from twin.commands import Command
 from twin.errors import ConfigError
 from twin.protocols.mqtt_topics import Channel, topic
@@ -277,13 +277,7 @@ class MqttUplink(Uplink):
             self._deliver(Delivery(batch, Outcome.RETRY, detail))
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        commands, bad = decode_commands(bytes(message.payload))
-        self.bad_commands += bad
-        for command in commands:
-            if command.battery_id != self.battery_id:
-                self.bad_commands += 1
-                continue
-            self._command(command)
+        self._receive_commands(bytes(message.payload))
 
     # ---------------------------------------------------------------- publishing
 

@@ -28,7 +28,7 @@ from pydantic import SecretStr
 from sqlalchemy import create_engine, text
 
 from cloud.settings import CloudSettings
-from hil.pack_node import PackNodeSpec
+from hil.pack_node import PackNodeSpec, write_spec
 from hil.provision import BatterySpec, provision
 from hil.services import MosquittoServer, find_free_port
 
@@ -135,14 +135,11 @@ class System:
         return PackNodeSpec(**values)
 
     def start_node(self, spec: PackNodeSpec) -> Node:
-        path = self.root / f"{spec.battery_id}.node.json"
-        data = spec.model_dump(mode="json")
-        data["device_secret"] = spec.device_secret.get_secret_value()
-        path.write_text(json.dumps(data), encoding="utf-8")
+        command = write_spec(spec, self.root / f"{spec.battery_id}.node.json")
         log_path = self.root / "logs" / f"{spec.battery_id}.log"
         log = log_path.open("ab")
         process = subprocess.Popen(
-            [sys.executable, "-m", "hil.pack_node", str(path)],
+            command,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -163,6 +163,8 @@ def test_unreadable_or_invalid_files(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("battery_id = \n")
     assert "is not valid TOML" in error_of(bad)
+    bad.write_bytes(b'battery_id = "B-1"\n\xff = 1\n')  # not UTF-8
+    assert "is not valid TOML" in error_of(bad)
 
 
 def test_a_can_link_takes_at_most_256_cells(tmp_path: Path) -> None:

@@ -271,3 +271,4 @@ def test_command_payloads_are_decoded_leniently() -> None:
     )
     assert [str(c.command_id) for c in commands] == [good["command_id"]] and bad == 2
     assert decode_commands(b"\xff not json") == ([], 1)
+    assert decode_commands(b"[" * 100_000) == ([], 1)  # nesting too deep: counted, not raised

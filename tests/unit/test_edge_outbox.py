@@ -263,3 +263,22 @@ def test_listeners_hear_every_commit(tmp_path: Path, time_: FakeTime) -> None:
         assert len(calls) == 2
     with pytest.raises(RuntimeError, match="closed"):
         box.enqueue(telemetry())
+
+
+def test_a_full_disk_stores_nothing_and_keeps_the_counters(tmp_path: Path, time_: FakeTime) -> None:
+    box = open_outbox(tmp_path, time_)
+    box.enqueue(telemetry())
+    before = box.stats()
+    pages = box._db.execute("PRAGMA page_count").fetchone()[0]
+    box._db.execute(f"PRAGMA max_page_count = {pages}")  # the "disk" is full now
+    with pytest.raises(sqlite3.OperationalError, match="full"):
+        box.enqueue_many([telemetry(40.0 + k) for k in range(200)])
+    after = box.stats()
+    assert after.pending_records == before.pending_records == 1
+    assert after.stored_bytes == before.stored_bytes
+    box._db.execute("PRAGMA max_page_count = 1073741823")  # space again
+    assert box.enqueue(telemetry()) == 2
+    box.close()
+    reopened = open_outbox(tmp_path, time_)
+    assert reopened.pending_records == 2
+    reopened.close()
