@@ -120,21 +120,22 @@ def _serve(args: argparse.Namespace) -> int:
     app = create_app(settings)
     mqtt_service = None
     if settings.mqtt_url:
-        from cloud.api.deps import get_ingestion
+        from cloud.api.deps import ingestion_of
         from cloud.mqtt import CloudMqttService
 
         state = app.state.b2l
         mqtt_service = CloudMqttService(
-            settings, state.db, metrics=state.metrics, ingestion=get_ingestion(state)
+            settings, state.db, metrics=state.metrics, ingestion=ingestion_of(state)
         )
         state.extras["mqtt"] = mqtt_service
         mqtt_service.start()
     target: Any = app
     if args.workers > 1:
-        # each worker process builds its own app from the environment (cloud.app.create_app)
+        # each worker process builds its own app from the environment (worker_app)
         os.environ["B2L_DATABASE_URL"] = settings.database_url
         os.environ.pop("B2L_MQTT_URL", None)  # the MQTT side runs here, once
-        target = "cloud.app:create_app"
+        target = "b2l.cloud_cmd:worker_app"
+    tune_for_server()
     try:
         uvicorn.run(
             target,
@@ -152,6 +153,23 @@ def _serve(args: argparse.Namespace) -> int:
         if mqtt_service is not None:
             mqtt_service.stop()
     return 0
+
+
+def worker_app() -> Any:
+    """The application of one ``b2l cloud serve --workers N`` worker process (a uvicorn
+    factory): ``cloud.app.create_app`` from the environment, then the server's GC settings."""
+    from cloud.app import create_app
+
+    app = create_app()
+    tune_for_server()
+    return app
+
+
+def tune_for_server() -> None:
+    """``cloud.gc_tuning.tune_for_server`` (imported late, like the rest of ``cloud``)."""
+    from cloud.gc_tuning import tune_for_server as tune
+
+    tune()
 
 
 def _add_mqtt(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -208,6 +226,7 @@ def _mqtt(args: argparse.Namespace) -> int:
     db = Database.from_url(settings.database_url)
     try:
         service = CloudMqttService(settings, db, commands=not args.no_commands)
+        tune_for_server()
         service.start()
         try:
             while not stop.wait(1.0):

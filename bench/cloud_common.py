@@ -148,3 +148,74 @@ def run_clients(
     if errors:
         raise RuntimeError(f"client errors: {errors}")
     return ordered, wall
+
+
+_WRK_SCRIPT = """
+local targets = {%s}
+local n = #targets
+math.randomseed(os.time())
+request = function()
+  local t = targets[math.random(n)]
+  local headers = {}
+  if t[2] ~= "" then headers["Authorization"] = "Bearer " .. t[2] end
+  return wrk.format("GET", t[1], headers)
+end
+done = function(summary, latency, requests)
+  local s = summary
+  io.write(string.format(
+    '{"requests": %%d, "seconds": %%.6f, "non_2xx": %%d, "socket_errors": %%d, ' ..
+    '"p50_ms": %%.3f, "p90_ms": %%.3f, "p99_ms": %%.3f, "max_ms": %%.3f}\\n',
+    s.requests, s.duration / 1e6, s.errors.status,
+    s.errors.connect + s.errors.read + s.errors.write + s.errors.timeout,
+    latency:percentile(50) / 1e3, latency:percentile(90) / 1e3,
+    latency:percentile(99) / 1e3, latency.max / 1e3))
+end
+"""
+
+
+def wrk_get(
+    base_url: str,
+    path_tokens: Sequence[tuple[str, str]],
+    seconds: float,
+    connections: int,
+    threads: int = 2,
+) -> dict[str, float]:
+    """GETs of random (path, bearer token) by ``wrk`` (C, closed loop: each connection waits
+    for its answer before the next request) for ``seconds``; requests/s and latency
+    percentiles. A token of ``""`` sends no Authorization header. Raises if wrk is missing or
+    any answer was not 2xx."""
+    import shutil
+
+    if shutil.which("wrk") is None:
+        raise RuntimeError("wrk is not installed: apt-get install wrk (or use --load httpx)")
+    targets = ",".join(f'{{"{path}","{bearer}"}}' for path, bearer in path_tokens)
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(_WRK_SCRIPT % targets)
+    try:
+        done = subprocess.run(
+            [
+                "wrk",
+                f"-t{threads}",
+                f"-c{connections}",
+                f"-d{seconds:g}s",
+                "--timeout",
+                "10s",
+                "-s",
+                script.name,
+                base_url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=seconds + 60,
+            check=False,
+        )
+    finally:
+        Path(script.name).unlink(missing_ok=True)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")
+    result: dict[str, float] = json.loads(lines[-1])
+    if result["non_2xx"] or result["socket_errors"]:
+        raise RuntimeError(f"wrk saw failed requests: {result}")
+    result["requests_per_s"] = result["requests"] / result["seconds"]
+    return result

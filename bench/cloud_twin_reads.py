@@ -3,12 +3,16 @@ with ``GET /healthz`` (no auth, no database) measured in the same run as the bas
 
 Run on demand (not in the test suite):
     .venv/bin/python bench/cloud_twin_reads.py [--seconds 10] [--clients 4] [--batteries 20]
-        [--json]
+        [--workers 1] [--load wrk|httpx] [--json]
 
 A throwaway PostgreSQL (fsync off) with ``--batteries`` 16-cell batteries whose twins hold
-reported state (one ingested batch each); ``b2l cloud serve`` in its own process on a random
-loopback port; ``--clients`` client processes (httpx, keep-alive, one request at a time each)
-read the twins of random batteries for ``--seconds``, then ``/healthz`` for as long. The
+reported state (one ingested batch each) and a desired reporting period (a delta to
+compute); ``b2l cloud serve`` in its own process on a random
+loopback port; ``--clients`` keep-alive connections, each one request at a time, read the twins
+of random batteries for ``--seconds``, then ``/healthz`` for as long. The load comes from
+``wrk`` (``--load wrk``, the default when it is installed: ``apt-get install wrk``), a C load
+generator that leaves the 2 cores to the server, or from ``--clients`` httpx client processes
+(``--load httpx``), which spend about as much CPU per request as the server. The
 reader is an operator with a telemetry grant: each read of restricted data writes an audit row,
 as SPEC section 5 requires (devices may not read the twin).
 
@@ -21,6 +25,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -28,7 +33,7 @@ from threading import Barrier
 from typing import Any
 
 import httpx
-from cloud_common import cloud_server, run_clients, token
+from cloud_common import cloud_server, run_clients, token, wrk_get
 
 from cloud.db.engine import Database
 from cloud.db.migrate import upgrade
@@ -36,12 +41,17 @@ from cloud.security.context import SecurityContext
 from cloud.services.accounts import create_user, grant_access
 from cloud.services.batteries import BatteryService
 from cloud.services.ingestion import IngestionService
+from cloud.services.twins import TwinService
 from cloud.settings import CloudSettings
 from hil.services import PostgresServer
 from twin.topology import BatteryTopology
 from twin.uplink import UplinkBatch
 
 PASSWORD = "bench-password-123"
+
+
+def _auth(bearer: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {bearer}"} if bearer else {}
 
 
 def reader(
@@ -51,7 +61,7 @@ def reader(
     rng = random.Random(os.getpid())
     latencies: list[float] = []
     with httpx.Client(base_url=base_url, timeout=30.0) as http:
-        http.get(path_tokens[0][0], headers={"Authorization": f"Bearer {path_tokens[0][1]}"})
+        http.get(path_tokens[0][0], headers=_auth(path_tokens[0][1]))
         barrier.wait(timeout=300)
         end = time.perf_counter() + seconds
         while True:
@@ -59,7 +69,7 @@ def reader(
             start = time.perf_counter()
             if start > end:
                 break
-            response = http.get(path, headers={"Authorization": f"Bearer {bearer}"})
+            response = http.get(path, headers=_auth(bearer))
             latencies.append((time.perf_counter() - start) * 1000.0)
             if response.status_code != 200:
                 raise RuntimeError(f"{path}: {response.status_code} {response.text[:200]}")
@@ -82,6 +92,15 @@ def summary(results: list[dict[str, Any]], wall_s: float) -> dict[str, float]:
     }
 
 
+def load(
+    base_url: str, path_tokens: list[tuple[str, str]], args: argparse.Namespace
+) -> dict[str, float]:
+    """Requests/s and latencies of GETs of random ``path_tokens`` by the chosen generator."""
+    if args.load == "wrk":
+        return wrk_get(base_url, path_tokens, args.seconds, args.clients)
+    return summary(*run_clients(reader, [(base_url, path_tokens, args.seconds)] * args.clients))
+
+
 def seed(url: str, args: argparse.Namespace) -> None:
     """Batteries with reported state, and an operator with a telemetry grant on all."""
     settings = CloudSettings(_env_file=None, argon2_time_cost=1, argon2_memory_kib=1024)  # type: ignore[call-arg]
@@ -91,6 +110,7 @@ def seed(url: str, args: argparse.Namespace) -> None:
     try:
         registry = BatteryService(db)
         ingestion = IngestionService(db, settings)
+        twins = TwinService(db)
         for b in range(args.batteries):
             battery_id = f"tw-{b:04d}"
             registry.register(battery_id, BatteryTopology(cells_per_module=16))
@@ -120,6 +140,7 @@ def seed(url: str, args: argparse.Namespace) -> None:
             ingestion.ingest(
                 UplinkBatch.model_validate({"battery_id": battery_id, "records": records})
             )
+            twins.patch_desired(battery_id, {"reporting_period_s": 2.0})  # a delta to compute
         create_user(db, security, "bench-operator", "operator", PASSWORD, now)
         grant_access(
             db,
@@ -141,6 +162,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--batteries", type=int, default=20)
     parser.add_argument("--workers", type=int, default=1, help="b2l cloud serve --workers")
+    parser.add_argument(
+        "--load",
+        choices=("wrk", "httpx"),
+        default="wrk" if shutil.which("wrk") else "httpx",
+        help="load generator (default: wrk if installed)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     with PostgresServer(fsync=False) as server:
@@ -151,15 +178,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             bearer = token(base_url, "bench-operator", PASSWORD)
             tokens = {f"tw-{b:04d}": bearer for b in range(args.batteries)}
             twin_paths = [(f"/api/v1/batteries/{b}/twin", t) for b, t in tokens.items()]
-            health = [("/healthz", "none")]
-            twin = summary(
-                *run_clients(reader, [(base_url, twin_paths, args.seconds)] * args.clients)
-            )
-            baseline = summary(
-                *run_clients(reader, [(base_url, health, args.seconds)] * args.clients)
-            )
+            health = [("/healthz", "")]
+            twin = load(base_url, twin_paths, args)
+            baseline = load(base_url, health, args)
     result = {
+        "load": args.load,
         "clients": args.clients,
+        "workers": args.workers,
         "reader": "operator",
         "cpus": os.cpu_count(),
         "twin": twin,

@@ -14,8 +14,9 @@ would otherwise make every operator's ``If-Match`` stale at once. Updates use JS
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from pydantic import Field, JsonValue, ValidationError
 
@@ -24,6 +25,7 @@ from twin.commands import MAX_REPORTING_PERIOD_S, MIN_REPORTING_PERIOD_S, EcmPar
 from twin.errors import TwinValidationError, VersionConflictError
 
 JsonObject = dict[str, JsonValue]
+_Stamp = TypeVar("_Stamp")
 
 
 class EisSchedule(B2LModel):
@@ -104,10 +106,11 @@ def leaf_paths(document: JsonObject, prefix: str = "") -> dict[str, JsonValue]:
     return leaves
 
 
-def _touched(
-    old: JsonObject, new: JsonObject, stamps: dict[str, datetime], now: datetime
-) -> dict[str, datetime]:
-    """Timestamps after a change: changed and new leaves get ``now``, removed leaves go."""
+def touched_stamps(
+    old: JsonObject, new: JsonObject, stamps: Mapping[str, _Stamp], now: _Stamp
+) -> dict[str, _Stamp]:
+    """Per-leaf stamps after ``old`` became ``new``: changed and new leaves get ``now``, the
+    others keep theirs, removed leaves go. Stamps of any type (datetimes, stored ISO text)."""
     old_leaves, new_leaves = leaf_paths(old), leaf_paths(new)
     return {
         path: (stamps.get(path, now) if old_leaves.get(path, _MISSING) == value else now)
@@ -140,7 +143,7 @@ def patch_desired(
         mode="json", exclude_none=True
     )
     metadata = TwinMetadata(
-        desired=_touched(twin.desired, desired, twin.metadata.desired, now),
+        desired=touched_stamps(twin.desired, desired, twin.metadata.desired, now),
         reported=twin.metadata.reported,
     )
     return twin.model_copy(
@@ -158,7 +161,7 @@ def update_reported(twin: TwinDocument, patch: JsonObject, now: datetime) -> Twi
     reported = merge_patch(twin.reported, patch)
     metadata = TwinMetadata(
         desired=twin.metadata.desired,
-        reported=_touched(twin.reported, reported, twin.metadata.reported, now),
+        reported=touched_stamps(twin.reported, reported, twin.metadata.reported, now),
     )
     return twin.model_copy(
         update={
@@ -178,6 +181,7 @@ __all__ = [
     "leaf_paths",
     "merge_patch",
     "patch_desired",
+    "touched_stamps",
     "update_reported",
     "validate_desired",
 ]

@@ -103,7 +103,7 @@ def command_out(view: CommandView) -> CommandOut:
     )
 
 
-def _service(db: DatabaseDep, settings: SettingsDep) -> CommandService:
+async def _service(db: DatabaseDep, settings: SettingsDep) -> CommandService:
     return CommandService(db, default_ttl_s=settings.command_default_ttl_s)
 
 

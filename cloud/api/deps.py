@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated
@@ -48,9 +48,8 @@ from cloud.security.policy import (
     passport_tier,
 )
 from cloud.security.tokens import TokenType, verify_token
-from cloud.services.accounts import grants_of
-from cloud.services.audit import record_audit
-from cloud.services.batteries import battery_parties
+from cloud.services.accounts import access_facts
+from cloud.services.audit import audit_now
 from cloud.services.ingestion import IngestionService
 from cloud.settings import CloudSettings
 from twin.base import BATTERY_ID_PATTERN
@@ -73,7 +72,7 @@ class AppState:
     """Room for services that live as long as the app (an MQTT consumer, caches...)."""
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
     """The application's ``AppState``."""
     state: AppState = request.app.state.b2l
     return state
@@ -82,7 +81,7 @@ def get_state(request: Request) -> AppState:
 StateDep = Annotated[AppState, Depends(get_state)]
 
 
-def get_database(state: StateDep) -> Database:
+async def get_database(state: StateDep) -> Database:
     """The database handle (``read()`` / ``write()`` sessions)."""
     return state.db
 
@@ -90,16 +89,7 @@ def get_database(state: StateDep) -> Database:
 DatabaseDep = Annotated[Database, Depends(get_database)]
 
 
-def get_session(db: DatabaseDep) -> Iterator[Session]:
-    """A plain session for the request, closed (and rolled back if left open) afterwards."""
-    with db.session() as session:
-        yield session
-
-
-SessionDep = Annotated[Session, Depends(get_session)]
-
-
-def get_settings(state: StateDep) -> CloudSettings:
+async def get_settings(state: StateDep) -> CloudSettings:
     """The process settings."""
     return state.settings
 
@@ -107,7 +97,7 @@ def get_settings(state: StateDep) -> CloudSettings:
 SettingsDep = Annotated[CloudSettings, Depends(get_settings)]
 
 
-def get_metrics(state: StateDep) -> CloudMetrics:
+async def get_metrics(state: StateDep) -> CloudMetrics:
     """The Prometheus metrics (ingestion counts rows and rejects here)."""
     return state.metrics
 
@@ -115,7 +105,7 @@ def get_metrics(state: StateDep) -> CloudMetrics:
 MetricsDep = Annotated[CloudMetrics, Depends(get_metrics)]
 
 
-def get_now(state: StateDep) -> datetime:
+async def get_now(state: StateDep) -> datetime:
     """Now, from the application's clock (tests inject theirs)."""
     return state.clock()
 
@@ -126,7 +116,12 @@ _INGESTION_KEY = "ingestion"
 _ingestion_lock = threading.Lock()
 
 
-def get_ingestion(state: StateDep) -> IngestionService:
+async def get_ingestion(state: StateDep) -> IngestionService:
+    """The process's one ``IngestionService`` (``ingestion_of``)."""
+    return ingestion_of(state)
+
+
+def ingestion_of(state: AppState) -> IngestionService:
     """The process's one ``IngestionService`` (it caches topologies and cell models), made at
     first use and kept in ``state.extras["ingestion"]``."""
     service = state.extras.get(_INGESTION_KEY)
@@ -146,7 +141,7 @@ bearer_token = OAuth2PasswordBearer(tokenUrl=TOKEN_URL, auto_error=False)
 """The ``Authorization: Bearer`` token, or None (declares the OAuth2 scheme in OpenAPI)."""
 
 
-def current_principal(
+async def current_principal(
     state: StateDep, token: Annotated[str | None, Depends(bearer_token)]
 ) -> Principal:
     """The caller, from a valid access token; 401 (``AuthenticationError``) otherwise."""
@@ -173,11 +168,11 @@ def current_principal(
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
 
 
-def require_role(*roles: Role) -> Callable[[Principal], Principal]:
+def require_role(*roles: Role) -> Callable[[Principal], Awaitable[Principal]]:
     """A dependency letting only ``roles`` (and admins) through; 403 for the others."""
     allowed = {Role.ADMIN, *roles}
 
-    def dependency(principal: CurrentPrincipal) -> Principal:
+    async def dependency(principal: CurrentPrincipal) -> Principal:
         if principal.role not in allowed:
             raise PermissionDeniedError(f"role {principal.role.value} may not do this")
         return principal
@@ -214,9 +209,62 @@ BatteryIdPath = Annotated[
 ]
 
 
+def authorize(
+    state: AppState,
+    session: Session,
+    principal: Principal,
+    battery_id: str,
+    category: Category,
+    action: Action,
+    request: Request,
+) -> Access:
+    """The caller's access to ``category`` of a battery, decided on what ``session`` (a read
+    session) reads: NotFoundError for an unknown battery, PermissionDeniedError when the policy
+    refuses. A restricted read, and a refusal of restricted data, is audited and committed
+    before this returns."""
+    now = state.clock()
+    needs_grants = principal.role not in (Role.ADMIN, Role.DEVICE)
+    facts = access_facts(session, battery_id, principal.subject if needs_grants else None)
+    decision = decide(
+        principal, battery_id, category, action, now, facts.grants, facts.manufacturer, facts.owner
+    )
+    audited = needs_audit(principal, battery_id, category, action) or (
+        not decision and (action is Action.WRITE or category in RESTRICTED_CATEGORIES)
+    )
+    if audited:
+        audit_now(
+            state.db,
+            session,
+            actor=principal,
+            action=action.value,
+            outcome="allowed" if decision else "denied",
+            battery_id=battery_id,
+            category=category.value,
+            detail={
+                "method": request.method,
+                "path": request.url.path,
+                "query": request.url.query,
+                "reason": decision.reason,
+            },
+            at=now,
+        )
+    if not decision:
+        raise PermissionDeniedError(decision.reason)
+    return Access(
+        principal=principal,
+        battery_id=battery_id,
+        category=category,
+        action=action,
+        now=now,
+        grants=facts.grants,
+        manufacturer=facts.manufacturer,
+        owner=facts.owner,
+    )
+
+
 def require(category: Category, action: Action = Action.READ) -> Callable[..., Access]:
     """A dependency checking that the caller may do ``action`` on ``category`` of the battery
-    named by the ``battery_id`` path parameter.
+    named by the ``battery_id`` path parameter (``authorize``).
 
     401 without a valid access token, 404 if the battery does not exist, 403 if the policy
     refuses (denials of restricted data are audited too). A restricted read is audited and
@@ -229,46 +277,8 @@ def require(category: Category, action: Action = Action.READ) -> Callable[..., A
         state: StateDep,
         request: Request,
     ) -> Access:
-        now = state.clock()
-        needs_grants = principal.role not in (Role.ADMIN, Role.DEVICE)
         with state.db.read() as session:
-            manufacturer, owner = battery_parties(session, battery_id)
-            grants = (
-                tuple(grants_of(session, principal.subject, battery_id)) if needs_grants else ()
-            )
-        decision = decide(principal, battery_id, category, action, now, grants, manufacturer, owner)
-        audited = needs_audit(principal, battery_id, category, action) or (
-            not decision and (action is Action.WRITE or category in RESTRICTED_CATEGORIES)
-        )
-        if audited:
-            with state.db.write() as session:
-                record_audit(
-                    session,
-                    actor=principal,
-                    action=action.value,
-                    outcome="allowed" if decision else "denied",
-                    battery_id=battery_id,
-                    category=category.value,
-                    detail={
-                        "method": request.method,
-                        "path": request.url.path,
-                        "query": request.url.query,
-                        "reason": decision.reason,
-                    },
-                    at=now,
-                )
-        if not decision:
-            raise PermissionDeniedError(decision.reason)
-        return Access(
-            principal=principal,
-            battery_id=battery_id,
-            category=category,
-            action=action,
-            now=now,
-            grants=grants,
-            manufacturer=manufacturer,
-            owner=owner,
-        )
+            return authorize(state, session, principal, battery_id, category, action, request)
 
     dependency.__name__ = f"require_{category.name.lower()}_{action.value}"
     return dependency

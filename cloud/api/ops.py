@@ -41,7 +41,7 @@ class Readiness(BaseModel):
 
 
 @router.get("/healthz", response_model=Health)
-def healthz() -> Health:
+async def healthz() -> Health:
     """The process is alive."""
     return Health()
 

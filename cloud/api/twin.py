@@ -17,14 +17,25 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Response
+from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-from cloud.api.deps import Access, DatabaseDep, NowDep, require
+from cloud.api.deps import (
+    Access,
+    AppState,
+    BatteryIdPath,
+    CurrentPrincipal,
+    DatabaseDep,
+    NowDep,
+    StateDep,
+    authorize,
+    require,
+)
 from cloud.api.errors import BATTERY_RESPONSES, ErrorBody
-from cloud.security.policy import Action, Category
+from cloud.security.policy import Action, Category, Principal
 from cloud.services.mirror import MirrorService, MirrorView
-from cloud.services.twins import TwinService
+from cloud.services.twins import TwinService, twin_json
 from twin.commands import MAX_REPORTING_PERIOD_S, MIN_REPORTING_PERIOD_S
 from twin.twin_document import TwinDocument
 
@@ -79,13 +90,24 @@ def parse_if_match(value: str | None) -> int | None:
     response_model=TwinDocument,
     responses=BATTERY_RESPONSES,
 )
-def get_twin(
-    access: Annotated[Access, Depends(require(Category.TELEMETRY, Action.READ))],
-    db: DatabaseDep,
+async def get_twin(
+    battery_id: BatteryIdPath,
+    principal: CurrentPrincipal,
+    state: StateDep,
+    request: Request,
 ) -> Response:
     """The twin; its ``ETag`` header is the desired-state version for ``If-Match``."""
-    version, body = TwinService(db).get_json(access.battery_id)
+    version, body = await run_in_threadpool(_read_twin, state, principal, battery_id, request)
     return Response(body, media_type="application/json", headers={"ETag": etag(version)})
+
+
+def _read_twin(
+    state: AppState, principal: Principal, battery_id: str, request: Request
+) -> tuple[int, bytes]:
+    """``require(TELEMETRY, READ)`` and the read in one session: the hot read path."""
+    with state.db.read() as session:
+        authorize(state, session, principal, battery_id, Category.TELEMETRY, Action.READ, request)
+        return twin_json(session, battery_id)
 
 
 @router.patch(

@@ -6,7 +6,7 @@ and SQLite and Alembic migrations can refer to them.
 
 from __future__ import annotations
 
-from sqlalchemy import MetaData
+from sqlalchemy import MetaData, Table
 from sqlalchemy.orm import DeclarativeBase
 
 NAMING_CONVENTION = {
@@ -22,3 +22,11 @@ class Base(DeclarativeBase):
     """Base class of the cloud's ORM models."""
 
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def table_of(model: type[Base]) -> Table:
+    """The ``Table`` a model is mapped to, for Core statements (no ORM work per row)."""
+    table = model.__table__
+    if not isinstance(table, Table):
+        raise TypeError(f"{model.__name__} is not mapped to a Table")
+    return table

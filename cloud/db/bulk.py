@@ -25,7 +25,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from cloud.db.base import Base
+from cloud.db.base import Base, table_of
 from cloud.db.types import UtcDateTime
 
 Row = tuple[Any, ...]
@@ -62,9 +62,7 @@ def write_rows(
     session: Session, model: type[Base], columns: Sequence[str], rows: Iterable[Row]
 ) -> int:
     """Append ``rows`` to ``model``'s table inside the session's transaction; returns the count."""
-    table = model.__table__
-    if not isinstance(table, Table):
-        raise TypeError(f"{model.__name__} is not mapped to a Table")
+    table = table_of(model)
     if session.get_bind().dialect.name == "postgresql":
         return _copy_rows(session, table, columns, rows)
     batch = [dict(zip(columns, row, strict=True)) for row in rows]

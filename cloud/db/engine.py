@@ -3,8 +3,12 @@
 ``Database`` bundles an engine with two session factories: ``read()`` for queries and
 ``write()`` for transactions that change data. On SQLite a write transaction starts with
 ``BEGIN IMMEDIATE`` (it takes the single write lock up front, so a transaction that reads before
-it writes never fails with a stale snapshot under WAL); on PostgreSQL both are plain
-transactions and services lock rows (``SELECT ... FOR UPDATE``) where they must.
+it writes never fails with a stale snapshot under WAL). On PostgreSQL writes are plain
+transactions and services lock rows (``SELECT ... FOR UPDATE``) where they must; reads run in
+autocommit mode: under READ COMMITTED a read transaction gives its statements no common snapshot
+anyway, so the BEGIN and ROLLBACK round trips would buy nothing (each statement still sees one
+consistent, committed state). ``reads_autocommit`` says so, for the rare caller that writes one
+independent row through a read session (``cloud.services.audit.audit_now``).
 
 SQLite connections run with WAL, ``foreign_keys=ON``, ``synchronous=NORMAL`` (a committed
 transaction survives a process crash) and a busy timeout; the database file's folder is created.
@@ -104,10 +108,15 @@ class Database:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
-        self._reader = make_session_factory(engine)
         self._writer = make_session_factory(
             engine.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"})
         )
+        if self.is_postgresql:
+            self._reader = make_session_factory(
+                engine.execution_options(isolation_level="AUTOCOMMIT")
+            )
+        else:
+            self._reader = make_session_factory(engine)
 
     @classmethod
     def from_url(cls, url: str | URL, **kwargs: Any) -> Database:
@@ -119,16 +128,17 @@ class Database:
         """Whether the engine is PostgreSQL (COPY, partitions, row locks)."""
         return self.dialect == "postgresql"
 
-    def session(self) -> Session:
-        """A plain session (the caller manages the transaction)."""
-        return self._reader()
-
     @contextmanager
     def read(self) -> Iterator[Session]:
-        """A session for queries; closed at the end (its transaction rolled back, the objects
-        it loaded stay readable)."""
+        """A session for queries; closed at the end (nothing it did is kept, the objects it
+        loaded stay readable). Autocommit on PostgreSQL (``reads_autocommit``)."""
         with self._reader() as session:
             yield session
+
+    @property
+    def reads_autocommit(self) -> bool:
+        """Whether ``read()`` sessions commit each statement on its own (PostgreSQL)."""
+        return self.is_postgresql
 
     @contextmanager
     def write(self) -> Iterator[Session]:

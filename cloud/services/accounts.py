@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, select, true, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -281,30 +281,69 @@ def grant_access(
         return grant.grant_id
 
 
-def grants_of(session: Session, user_name: str, battery_id: str | None = None) -> list[Grant]:
-    """The grants of a user (only those that may cover ``battery_id`` if given)."""
-    query = (
-        select(
-            AccessGrant.battery_id,
-            AccessGrant.categories,
-            AccessGrant.valid_from,
-            AccessGrant.valid_until,
-        )
-        .join(User, User.user_id == AccessGrant.user_id)
-        .where(User.name == user_name)
-    )
-    if battery_id is not None:
-        query = query.where(
-            (AccessGrant.battery_id == battery_id) | AccessGrant.battery_id.is_(None)
-        )
-    grants = []
-    for grant_battery, categories, valid_from, valid_until in session.execute(query):
-        known = frozenset(Category(c) for c in categories if c in _CATEGORY_VALUES)
-        grants.append(Grant(grant_battery, known, valid_from, valid_until))
-    return grants
+def _grant(
+    battery_id: str | None,
+    categories: Iterable[str],
+    valid_from: datetime,
+    valid_until: datetime | None,
+) -> Grant:
+    known = frozenset(Category(c) for c in categories if c in _CATEGORY_VALUES)
+    return Grant(battery_id, known, valid_from, valid_until)
 
 
 _CATEGORY_VALUES = frozenset(c.value for c in DATA_CATEGORIES)
+
+
+@dataclass(frozen=True)
+class AccessFacts:
+    """What an access decision on one battery needs from the database."""
+
+    manufacturer: str | None
+    owner: str | None
+    grants: tuple[Grant, ...]
+    """The grants of the user that may cover the battery (none asked: empty)."""
+
+
+_COVERING_GRANTS = (
+    select(
+        AccessGrant.battery_id,
+        AccessGrant.categories,
+        AccessGrant.valid_from,
+        AccessGrant.valid_until,
+    )
+    .join(User, User.user_id == AccessGrant.user_id)
+    .where(
+        User.name == bindparam("user_name"),
+        (AccessGrant.battery_id == bindparam("battery_id")) | AccessGrant.battery_id.is_(None),
+    )
+    .subquery()
+)
+"""The grants of a user that may cover a battery (its own or every battery's)."""
+_PARTIES = select(BatteryRow.manufacturer, BatteryRow.owner).where(
+    BatteryRow.battery_id == bindparam("battery_id")
+)
+_PARTIES_AND_GRANTS = _PARTIES.add_columns(*_COVERING_GRANTS.c).outerjoin(_COVERING_GRANTS, true())
+
+
+def access_facts(session: Session, battery_id: str, user_name: str | None) -> AccessFacts:
+    """The battery's manufacturer and owner and the grants of ``user_name`` (None: do not
+    look) that may cover it, in one query; NotFoundError for an unknown battery."""
+    if user_name is None:
+        parties = session.execute(_PARTIES, {"battery_id": battery_id}).one_or_none()
+        if parties is None:
+            raise NotFoundError(f"no battery {battery_id!r}")
+        return AccessFacts(parties[0], parties[1], ())
+    rows = session.execute(
+        _PARTIES_AND_GRANTS, {"battery_id": battery_id, "user_name": user_name}
+    ).all()
+    if not rows:
+        raise NotFoundError(f"no battery {battery_id!r}")
+    grants = tuple(
+        _grant(grant_battery, categories, valid_from, valid_until)
+        for _, _, grant_battery, categories, valid_from, valid_until in rows
+        if valid_from is not None  # no grant: the outer join's NULLs
+    )
+    return AccessFacts(rows[0][0], rows[0][1], grants)
 
 
 @dataclass(frozen=True)

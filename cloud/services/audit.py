@@ -1,8 +1,8 @@
 """The audit log: every restricted read, every denial of one, passport and lifecycle writes.
 
-``record_audit`` adds a row to the caller's session; the caller commits it with its own work
-(a write and its audit row land together or not at all). ``cloud.api.deps.require`` records
-restricted reads and commits them before the read is served.
+``record_audit`` inserts a row in the caller's transaction; the caller commits it with its own work
+(a write and its audit row land together or not at all). ``audit_now`` commits one row at once
+from a read: ``cloud.api.deps`` records restricted reads that way, before the read is served.
 """
 
 from __future__ import annotations
@@ -11,9 +11,11 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
+from cloud.db.base import table_of
+from cloud.db.engine import Database
 from cloud.db.security_models import AuditEntry
 from cloud.security.policy import Principal
 
@@ -23,6 +25,9 @@ MAX_AUDIT_PAGE = 1000
 def actor_of(principal: Principal) -> str:
     """``device:ID`` or ``user:NAME``: how a principal is named in the log."""
     return f"{'device' if principal.is_device else 'user'}:{principal.subject}"
+
+
+_INSERT_AUDIT = insert(table_of(AuditEntry))  # Core: no ORM bulk-insert work
 
 
 def record_audit(
@@ -35,23 +40,35 @@ def record_audit(
     category: str | None = None,
     detail: Mapping[str, Any] | None = None,
     at: datetime | None = None,
-) -> AuditEntry:
-    """Add one audit row to ``session`` (not committed) and return it.
+) -> None:
+    """Insert one audit row in ``session``'s transaction (the caller commits it).
 
     ``action`` says what was done (``read``, ``passport.write``, ``lifecycle.change``,
     ``login``, ...), ``outcome`` how it ended (``allowed``, ``denied``, ``ok``, ``failed``).
     """
-    entry = AuditEntry(
-        at=at if at is not None else datetime.now(UTC),
-        actor=actor if isinstance(actor, str) else actor_of(actor),
-        action=action,
-        battery_id=battery_id,
-        category=category,
-        detail=dict(detail or {}),
-        outcome=outcome,
+    session.execute(
+        _INSERT_AUDIT,
+        {
+            "at": at if at is not None else datetime.now(UTC),
+            "actor": actor if isinstance(actor, str) else actor_of(actor),
+            "action": action,
+            "battery_id": battery_id,
+            "category": category,
+            "detail": dict(detail or {}),
+            "outcome": outcome,
+        },
     )
-    session.add(entry)
-    return entry
+
+
+def audit_now(db: Database, read_session: Session, **fields: Any) -> None:
+    """Record one audit row (``record_audit``'s fields) committed when this returns: through
+    ``read_session`` where reads commit each statement (PostgreSQL: one INSERT, no BEGIN or
+    COMMIT round trips), else in a write transaction of its own (SQLite)."""
+    if db.reads_autocommit:
+        record_audit(read_session, **fields)
+        return
+    with db.write() as session:
+        record_audit(session, **fields)
 
 
 def list_audit(

@@ -18,7 +18,8 @@ Retried or replayed records are counted as duplicates and not stored again.
 ``IngestionService.ingest_many`` (the MQTT consumer's group commit) stores several batches, of
 any batteries, in ONE transaction with the same steps: one claim statement for every key (sorted
 by battery and seq, so concurrent ingesters lock in one order), one COPY per table for every
-row, then per battery (sorted) its acks and one twin update with all its new telemetry.
+row, the acks of every battery (sorted), then one twin update per battery with all its new
+telemetry (the twins locked in one query, in battery order, and written in one executemany).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ from cloud.errors import BatchRejectedError, NotFoundError, WrongBatteryError
 from cloud.services import reported as reported_state
 from cloud.services.commands import ack_effect, apply_ack
 from cloud.services.mirror import CloudEvent, CloudMirror
-from cloud.services.twins import lock_twin, merge_reported
+from cloud.services.twins import ReportedSide, lock_reported, merge_reported, store_reported
 from cloud.settings import CloudSettings
 from twin.commands import CommandStatus
 from twin.estimation import SocEstimator
@@ -186,15 +187,17 @@ class _Battery:
 def topology_reasons(batch: UplinkBatch, topology: BatteryTopology) -> list[str]:
     """Every record naming a cell outside ``topology`` (the batch model's own rule)."""
     reasons: list[str] = []
+    n_cells = topology.n_cells
     for record in batch.records:
+        if max(record.cell_ids(), default=0) < n_cells:
+            continue  # cell ids are never negative (CellId)
         outside = sorted(c for c in record.cell_ids() if not topology.contains(c))
-        if outside:
-            reasons.append(
-                f"record seq {record.seq}: cell_id {outside[0]} is outside the battery's "
-                f"topology (0..{topology.n_cells - 1})"
-            )
-            if len(reasons) >= MAX_REASONS:
-                break
+        reasons.append(
+            f"record seq {record.seq}: cell_id {outside[0]} is outside the battery's "
+            f"topology (0..{n_cells - 1})"
+        )
+        if len(reasons) >= MAX_REASONS:
+            break
     return reasons
 
 
@@ -413,17 +416,19 @@ class IngestionService:
         news: Sequence[Sequence[UplinkRecord]],
         now: datetime,
     ) -> dict[str, tuple[int, list[CloudEvent]]]:
-        """Per battery (sorted: one lock order): its acks, then one twin update with all its
-        new telemetry. Returns acks applied and cloud events by battery."""
+        """The acks of every battery (sorted), then one twin update per battery with all its
+        new telemetry: the twins locked in one query and written in one executemany (one lock
+        order: commands, then twins by battery). Returns acks applied and cloud events."""
         grouped: dict[str, tuple[_Battery, list[UplinkRecord]]] = {}
         for (batch, battery), new in zip(prepared, news, strict=True):
             entry = grouped.setdefault(batch.battery_id, (battery, []))
             entry[1].extend(new)
-        out: dict[str, tuple[int, list[CloudEvent]]] = {}
+        acks_applied: dict[str, int] = {}
+        updates: dict[str, tuple[list[reported_state.JsonObject], list[TelemetryRecord]]] = {}
         for battery_id in sorted(grouped):
-            battery, records = grouped[battery_id]
+            records = grouped[battery_id][1]
             acks = [r for r in records if isinstance(r, AckRecord)]
-            patches, acks_applied = self._apply_acks(session, battery_id, acks, now)
+            patches, acks_applied[battery_id] = self._apply_acks(session, battery_id, acks, now)
             patches += [
                 reported_state.settings_patch(r.data)
                 for r in records
@@ -432,9 +437,17 @@ class IngestionService:
             telemetry = sorted(
                 (r for r in records if isinstance(r, TelemetryRecord)), key=lambda r: r.seq
             )
-            raised = self._update_twin(session, battery_id, battery, telemetry, patches, now)
-            out[battery_id] = (acks_applied, raised)
-        return out
+            if telemetry or any(patches):
+                updates[battery_id] = (patches, telemetry)
+        sides = lock_reported(session, updates.keys()) if updates else {}
+        raised: dict[str, list[CloudEvent]] = {}
+        for battery_id, (patches, telemetry) in updates.items():
+            battery = grouped[battery_id][0]
+            raised[battery_id] = self._update_twin(
+                sides[battery_id], battery, telemetry, patches, now
+            )
+        store_reported(session, sides, now)
+        return {b: (acks_applied[b], raised.get(b, [])) for b in sorted(grouped)}
 
     def _claim(
         self, session: Session, batches: Sequence[UplinkBatch], now: datetime
@@ -540,30 +553,24 @@ class IngestionService:
 
     def _update_twin(
         self,
-        session: Session,
-        battery_id: str,
+        side: ReportedSide,
         battery: _Battery,
         telemetry: Sequence[TelemetryRecord],
         patches: list[reported_state.JsonObject],
         now: datetime,
     ) -> list[CloudEvent]:
-        """Merge reported values and advance the mirror, under the twin row's lock."""
-        if not telemetry and not any(patches):
-            return []
-        row = lock_twin(session, battery_id)
+        """Merge reported values into a locked twin's reported side and advance the mirror."""
         patch: reported_state.JsonObject = {}
         for extra in patches:
             patch.update(extra)
-        patch.update(reported_state.telemetry_patch(telemetry, row.reported))
-        merge_reported(row, reported_state.with_aggregates(row.reported, patch), now)
-        if battery.estimator is None or battery.parameters is None:
-            return []
-        if not any(r.pillar1 for r in telemetry):
+        patch.update(reported_state.telemetry_patch(telemetry, side.reported))
+        merge_reported(side, reported_state.with_aggregates(side.reported, patch), now)
+        if battery.estimator is None or not any(r.pillar1 for r in telemetry):
             return []
         step = self.mirror.advance(
-            row.estimator_state, battery.estimator, battery.topology.n_cells, telemetry
+            side.estimator_state, battery.estimator, battery.topology.n_cells, telemetry
         )
-        row.estimator_state = step.state
+        side.estimator_state = step.state
         return step.events
 
 

@@ -16,13 +16,17 @@ reconnect, and its acknowledgement (a ``twin.reported`` event) clears the delta.
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Text, bindparam, cast, select, update
 from sqlalchemy.orm import Session
 
 from cloud.clock import resolve_now
+from cloud.db.base import table_of
 from cloud.db.engine import Database
 from cloud.db.models import CommandRow, TwinRow
 from cloud.errors import ConcurrentUpdateError, NotFoundError
@@ -34,8 +38,9 @@ from twin.twin_document import (
     TwinDocument,
     TwinMetadata,
     compute_delta,
+    merge_patch,
     patch_desired,
-    update_reported,
+    touched_stamps,
 )
 
 UNCONDITIONAL_RETRIES = 5
@@ -54,47 +59,124 @@ def twin_document(row: TwinRow) -> TwinDocument:
     )
 
 
-def _trusted_document(row: TwinRow) -> TwinDocument:
-    """As ``twin_document`` without re-validating what the database holds (ingestion path)."""
-    metadata = TwinMetadata.model_construct(
-        desired=row.desired_metadata, reported=row.reported_metadata
+_UTC_STAMP_VALUE = re.compile(r'(:\s*"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?)\+00:00"')
+
+
+def _utc_z(stamps_json: str) -> str:
+    """The ISO stamps (``+00:00``) of a stored JSON object of stamps as the model serialises
+    them (``Z``). Every value is a stamp, so a plain replace does, unless a key ends like one:
+    then only values (after a colon) are rewritten."""
+    if '+00:00":' in stamps_json:
+        return _UTC_STAMP_VALUE.sub(lambda m: m.group(1) + 'Z"', stamps_json)
+    return stamps_json.replace('+00:00"', 'Z"')
+
+
+@dataclass
+class ReportedSide:
+    """The reported side of a locked twin row, as stored: what ingestion changes."""
+
+    reported: JsonObject
+    metadata: dict[str, str]
+    """Per-leaf ISO timestamps (as stored: ``+00:00``)."""
+    estimator_state: dict[str, Any] | None
+
+
+_twins = table_of(TwinRow)
+_LOCK_REPORTED = (
+    select(_twins.c.battery_id, _twins.c.reported, _twins.c.reported_metadata)
+    .add_columns(_twins.c.estimator_state)
+    .where(_twins.c.battery_id.in_(bindparam("battery_ids", expanding=True)))
+    .order_by(_twins.c.battery_id)
+    .with_for_update()
+)
+_STORE_REPORTED = (
+    update(_twins)
+    .where(_twins.c.battery_id == bindparam("b_battery_id"))
+    .values(
+        reported=bindparam("b_reported", type_=_twins.c.reported.type),
+        reported_metadata=bindparam("b_metadata", type_=_twins.c.reported_metadata.type),
+        estimator_state=bindparam("b_estimator_state", type_=_twins.c.estimator_state.type),
+        updated_at=bindparam("b_updated_at", type_=_twins.c.updated_at.type),
     )
-    return TwinDocument.model_construct(
-        battery_id=row.battery_id,
-        version=row.version,
-        reported=row.reported,
-        desired=row.desired,
-        delta={},
-        metadata=metadata,
-    )
+)
 
 
-def _utc_z(stamps: dict[str, Any]) -> dict[str, Any]:
-    """Stored ISO stamps (``+00:00``) as the model serialises them (``Z``)."""
-    return {
-        path: stamp[:-6] + "Z" if isinstance(stamp, str) and stamp.endswith("+00:00") else stamp
-        for path, stamp in stamps.items()
-    }
+def lock_reported(session: Session, battery_ids: Collection[str]) -> dict[str, ReportedSide]:
+    """The reported sides of some twins, in one query that locks their rows in battery order
+    for this transaction on PostgreSQL (``SELECT ... ORDER BY ... FOR UPDATE``, so concurrent
+    ingesters never deadlock on them; SQLite's write transactions hold the database lock)."""
+    rows = session.execute(_LOCK_REPORTED, {"battery_ids": sorted(battery_ids)})
+    sides = {row[0]: ReportedSide(row[1], row[2], row[3]) for row in rows}
+    missing = sorted(set(battery_ids) - sides.keys())
+    if missing:
+        raise NotFoundError(f"battery {missing[0]!r} has no twin (is it registered?)")
+    return sides
 
 
-def lock_twin(session: Session, battery_id: str) -> TwinRow:
-    """The twin row, locked for this transaction on PostgreSQL (``SELECT ... FOR UPDATE``)."""
-    row = session.scalar(select(TwinRow).where(TwinRow.battery_id == battery_id).with_for_update())
-    if row is None:
-        raise NotFoundError(f"battery {battery_id!r} has no twin (is it registered?)")
-    return row
-
-
-def merge_reported(row: TwinRow, patch: JsonObject, now: datetime) -> None:
-    """Merge ``patch`` into the row's reported state and stamp the changed leaves."""
+def merge_reported(side: ReportedSide, patch: JsonObject, now: datetime) -> None:
+    """Merge ``patch`` into the reported state and stamp the leaves it changed with ``now``."""
     if not patch:
         return
-    updated = update_reported(_trusted_document(row), patch, now)
-    row.reported = updated.reported
-    row.reported_metadata = {
-        path: stamp.isoformat() for path, stamp in updated.metadata.reported.items()
-    }
-    row.updated_at = now
+    merged = merge_patch(side.reported, patch)
+    side.metadata = touched_stamps(side.reported, merged, side.metadata, now.isoformat())
+    side.reported = merged
+
+
+def store_reported(session: Session, sides: Mapping[str, ReportedSide], now: datetime) -> None:
+    """Write reported sides back (rows locked by ``lock_reported``), in one executemany."""
+    if not sides:
+        return
+    session.execute(
+        _STORE_REPORTED,
+        [
+            {
+                "b_battery_id": battery_id,
+                "b_reported": side.reported,
+                "b_metadata": side.metadata,
+                "b_estimator_state": side.estimator_state,
+                "b_updated_at": now,
+            }
+            for battery_id, side in sorted(sides.items())
+        ],
+    )
+
+
+_TWIN_JSON_COLUMNS = select(
+    TwinRow.version,
+    TwinRow.desired,
+    cast(TwinRow.reported, Text),
+    cast(TwinRow.desired_metadata, Text),
+    cast(TwinRow.reported_metadata, Text),
+).where(TwinRow.battery_id == bindparam("battery_id"))
+
+
+def twin_json(session: Session, battery_id: str) -> tuple[int, bytes]:
+    """The twin's version and its document as JSON, spliced from the JSON texts the database
+    holds (written only through validated paths): the big parts are never decoded and encoded
+    again. ``reported`` is decoded only to compute a delta, when something is desired."""
+    row = session.execute(_TWIN_JSON_COLUMNS, {"battery_id": battery_id}).one_or_none()
+    if row is None:
+        raise NotFoundError(f"battery {battery_id!r} is not registered")
+    version, desired, reported_json, desired_metadata_json, reported_metadata_json = row
+    delta = compute_delta(desired, json.loads(reported_json)) if desired else {}
+    parts = (
+        '{"battery_id":',
+        json.dumps(battery_id),
+        ',"version":',
+        str(int(version)),
+        ',"reported":',
+        reported_json,
+        ',"desired":',
+        json.dumps(desired, separators=(",", ":")),
+        ',"delta":',
+        json.dumps(delta, separators=(",", ":")),
+        ',"metadata":{"desired":',
+        _utc_z(desired_metadata_json),
+        ',"reported":',
+        _utc_z(reported_metadata_json),
+        "}}",
+    )
+    return version, "".join(parts).encode()
 
 
 DESIRED_SOURCE = "twin.desired"
@@ -156,24 +238,9 @@ class TwinService:
             return twin_document(row)
 
     def get_json(self, battery_id: str) -> tuple[int, bytes]:
-        """The twin's version and its document as JSON, straight from what the database holds
-        (written only through validated paths), without building the model: the read path."""
+        """The twin's version and its document as JSON (``twin_json``)."""
         with self.db.read() as session:
-            row = session.get(TwinRow, battery_id)
-            if row is None:
-                raise NotFoundError(f"battery {battery_id!r} is not registered")
-            document = {
-                "battery_id": row.battery_id,
-                "version": row.version,
-                "reported": row.reported,
-                "desired": row.desired,
-                "delta": compute_delta(row.desired, row.reported),
-                "metadata": {
-                    "desired": _utc_z(row.desired_metadata),
-                    "reported": _utc_z(row.reported_metadata),
-                },
-            }
-            return row.version, json.dumps(document, separators=(",", ":")).encode()
+            return twin_json(session, battery_id)
 
     def version(self, battery_id: str) -> int:
         """The twin's current version (an ETag)."""

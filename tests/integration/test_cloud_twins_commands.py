@@ -154,7 +154,10 @@ def test_delta_clears_when_the_edge_acknowledges(db: Database) -> None:
         {"reporting_period_s": 2.0, "ecm_parameters": ecm.model_dump(mode="json")},
         now=T0,
     )
-    assert set(twins.get("B-1").delta) == {"reporting_period_s", "ecm_parameters"}
+    pending = twins.get("B-1")
+    assert set(pending.delta) == {"reporting_period_s", "ecm_parameters"}
+    _, body = twins.get_json("B-1")  # the read path's JSON, spliced without the model
+    assert json.loads(body) == json.loads(pending.model_dump_json())
     ingestion = IngestionService(db, CloudSettings(_env_file=None))  # type: ignore[call-arg]
     acks = []
     for seq, payload in enumerate((ReportingPeriod(period_s=2.0), ecm), start=1):
