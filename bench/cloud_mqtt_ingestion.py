@@ -8,10 +8,10 @@ A throwaway PostgreSQL (fsync off) and a throwaway Mosquitto (``max_queued_messa
 loopback; ``--batteries`` batteries registered. The consumer is ``b2l cloud mqtt`` in its own
 process (persistent session, shared subscription, group commits, PUBACK after commit).
 
-* **drain**: the consumer subscribes once and stops; ``--publishers`` processes publish
+* **drain**: the consumers subscribe once and stop; ``--publishers`` processes publish
   ``--messages`` QoS 1 messages (each an UplinkBatch of one telemetry record of ``--cells``
   Pillar 1 cells and a pack; ``--estimates`` adds the edge's estimates), which the broker queues
-  in the consumer's session; then the consumer starts again and drains them. Its rate is
+  in the consumers' sessions; then the consumers start again and drain them. Its rate is
   measured in the database: messages stored after the first group commit divided by the time
   from the first to the last commit (``ingested_records.received_at``), so start-up is not in.
 * **live**: publishers and consumer run at once (all on the same 2 cores); the rate is from the
@@ -133,7 +133,7 @@ def run_phase(name: str, server: PostgresServer, args: argparse.Namespace) -> di
     lanes = [[w for w in work if w[0] % args.publishers == p] for p in range(args.publishers)]
     with MosquittoServer(extra_config="max_queued_messages 0") as broker:
         env = cloud_env(url)
-        consumers = args.consumers if name == "live" else 1
+        consumers = args.consumers
         argvs = [
             b2l_argv(
                 "cloud", "mqtt", "--mqtt-url", f"mqtt://{broker.host}:{broker.port}",
@@ -142,7 +142,6 @@ def run_phase(name: str, server: PostgresServer, args: argparse.Namespace) -> di
             )
             for k in range(consumers)
         ]  # fmt: skip
-        argv = argvs[0]
         probe = (0, 10**9)
         jobs = [(broker.host, broker.port, lane, args.cells, args.estimates) for lane in lanes]
         with ExitStack() as running:
@@ -169,8 +168,10 @@ def run_phase(name: str, server: PostgresServer, args: argparse.Namespace) -> di
                 results, wall = run_clients(publisher, jobs)
                 wait_stored(db, args.messages, 600)
         if name == "drain":
-            results, wall = run_clients(publisher, jobs)  # queued in the consumer's session
-            with cloud_process(argv, env):
+            results, wall = run_clients(publisher, jobs)  # queued in the consumers' sessions
+            with ExitStack() as running:
+                for consumer_argv in argvs:
+                    running.enter_context(cloud_process(consumer_argv, env))
                 wait_stored(db, args.messages, 600)
         total, first, span_s = commit_span(db)
     db.dispose()
@@ -194,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--consumers",
         type=int,
         default=1,
-        help="b2l cloud mqtt processes in the live phase (one $share group splits the load)",
+        help="b2l cloud mqtt processes (one $share group splits the load)",
     )
     parser.add_argument("--estimates", action="store_true", help="add the edge's estimates")
     parser.add_argument("--mirror", action="store_true", help="register with a cell model")

@@ -121,6 +121,52 @@ def touched_stamps(
 _MISSING = object()
 
 
+def merge_patch_stamped(
+    target: JsonObject, stamps: Mapping[str, _Stamp], patch: JsonObject, now: _Stamp
+) -> tuple[JsonObject, dict[str, _Stamp]]:
+    """``merge_patch(target, patch)`` and the ``touched_stamps`` of that change, in one walk of
+    the patch: what it leaves alone is neither visited nor re-stamped (the ingestion path).
+
+    ``stamps`` must hold one stamp per leaf of ``target``, as ``touched_stamps`` leaves them.
+    """
+    out = dict(stamps)
+    return _merge_stamped(target, patch, out, now, ""), out
+
+
+def _merge_stamped(
+    target: JsonObject, patch: JsonObject, stamps: dict[str, _Stamp], now: _Stamp, prefix: str
+) -> JsonObject:
+    result: dict[str, Any] = dict(target)
+    for key, value in patch.items():
+        path = f"{prefix}{key}"
+        old = result.get(key, _MISSING)
+        subtree = isinstance(old, dict) and bool(old)
+        if value is None:
+            result.pop(key, None)
+            stamps.pop(path, None)
+            if subtree:
+                _drop_under(stamps, f"{path}.")
+        elif isinstance(value, dict):
+            merged = _merge_stamped(old if subtree else {}, value, stamps, now, f"{path}.")
+            result[key] = merged
+            if merged:
+                stamps.pop(path, None)  # no longer a leaf, if it was one
+            else:  # an empty object is a leaf
+                stamps[path] = stamps.get(path, now) if old == {} else now
+        else:
+            result[key] = value
+            if subtree:
+                _drop_under(stamps, f"{path}.")
+            same = old is not _MISSING and not subtree and old == value
+            stamps[path] = stamps.get(path, now) if same else now
+    return result
+
+
+def _drop_under(stamps: dict[str, Any], prefix: str) -> None:
+    for path in [p for p in stamps if p.startswith(prefix)]:
+        del stamps[path]
+
+
 def validate_desired(desired: JsonObject) -> DesiredState:
     """Parse a desired state; TwinValidationError says what is wrong."""
     try:
@@ -180,6 +226,7 @@ __all__ = [
     "compute_delta",
     "leaf_paths",
     "merge_patch",
+    "merge_patch_stamped",
     "patch_desired",
     "touched_stamps",
     "update_reported",

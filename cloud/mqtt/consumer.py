@@ -31,6 +31,7 @@ import sqlite3
 import threading
 import time
 import zlib
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -286,6 +287,8 @@ class MqttConsumer:
                     return  # unacknowledged: the broker redelivers after reconnecting
                 delay_s = min(_RETRY_MAX_S, delay_s * 2)
         now = self.clock()
+        outcomes: Counter[str] = Counter()
+        rows: Counter[str] = Counter()
         for item in group.dead + dead:
             self.dead_letters.put(
                 topic=item.message.topic,
@@ -294,13 +297,15 @@ class MqttConsumer:
                 detail=item.detail,
                 received_at=now,
             )
-            self._count(item.reason)
+            outcomes[item.reason] += 1
         for result in results:
-            self._count(Outcome.STORED if result.accepted else Outcome.DUPLICATE)
+            outcomes[Outcome.STORED if result.accepted else Outcome.DUPLICATE] += 1
             for kind, n in result.accepted_by_kind.items():
-                label = _KIND_LABEL.get(kind, kind)
-                rows = result.cell_rows if kind == "telemetry" else n
-                self.metrics.rows_ingested.labels("mqtt", label).inc(rows)
+                rows[_KIND_LABEL.get(kind, kind)] += result.cell_rows if kind == "telemetry" else n
+        for outcome, n in outcomes.items():
+            self._count(outcome, n)
+        for label, n in rows.items():
+            self.metrics.rows_ingested.labels("mqtt", label).inc(n)
         self._ack(group.messages)
 
     def _store(self, group: _Group) -> tuple[list[IngestResult], list[_Dead]]:
@@ -334,11 +339,11 @@ class MqttConsumer:
         self.metrics.mqtt_commit_latency_s.observe(time.perf_counter() - start_s)
         return results, dead
 
-    def _count(self, outcome: str) -> None:
-        self.counts[outcome] = self.counts.get(outcome, 0) + 1
-        self.metrics.mqtt_messages.labels(outcome).inc()
+    def _count(self, outcome: str, n: int = 1) -> None:
+        self.counts[outcome] = self.counts.get(outcome, 0) + n
+        self.metrics.mqtt_messages.labels(outcome).inc(n)
         if outcome not in (Outcome.STORED, Outcome.DUPLICATE):
-            self.metrics.rejects.labels("mqtt", outcome).inc()
+            self.metrics.rejects.labels("mqtt", outcome).inc(n)
 
 
 def _short(exc: BaseException) -> str:

@@ -564,7 +564,9 @@ class IngestionService:
         for extra in patches:
             patch.update(extra)
         patch.update(reported_state.telemetry_patch(telemetry, side.reported))
-        merge_reported(side, reported_state.with_aggregates(side.reported, patch), now)
+        merge_reported(side, patch, now)
+        if patch.keys() & reported_state.AGGREGATED_KEYS:
+            merge_reported(side, {"aggregates": reported_state.aggregates(side.reported)}, now)
         if battery.estimator is None or not any(r.pillar1 for r in telemetry):
             return []
         step = self.mirror.advance(

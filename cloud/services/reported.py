@@ -24,10 +24,11 @@ from typing import Any, TypeVar
 from pydantic import JsonValue
 
 from twin.measurements import CellEstimate, PackMeasurement, Pillar1CellMeasurement, Pillar2CellData
-from twin.twin_document import merge_patch
 from twin.uplink import TelemetryRecord
 
 JsonObject = dict[str, JsonValue]
+AGGREGATED_KEYS = frozenset({"cells", "packs", "estimates"})
+"""The parts of ``reported`` the aggregates are computed from."""
 TELEMETRY_KEYS = frozenset({"seq", "timestamp", "cells", "packs", "estimates", "aggregates"})
 """Top-level keys of ``reported`` owned by telemetry; edge-reported settings may not use them."""
 
@@ -184,14 +185,6 @@ def aggregates(reported: Mapping[str, Any]) -> JsonObject:
     if currents:
         out["current_a"] = sum(currents)  # packs are in parallel
     return out
-
-
-def with_aggregates(reported: Mapping[str, Any], patch: JsonObject) -> JsonObject:
-    """``patch`` plus the aggregates of the state it leads to (when it touches telemetry)."""
-    if not patch.keys() & {"cells", "packs", "estimates"}:
-        return patch
-    merged = merge_patch(dict(reported), patch)
-    return {**patch, "aggregates": aggregates(merged)}
 
 
 def settings_patch(data: Mapping[str, JsonValue]) -> JsonObject:

@@ -38,9 +38,8 @@ from twin.twin_document import (
     TwinDocument,
     TwinMetadata,
     compute_delta,
-    merge_patch,
+    merge_patch_stamped,
     patch_desired,
-    touched_stamps,
 )
 
 UNCONDITIONAL_RETRIES = 5
@@ -117,9 +116,9 @@ def merge_reported(side: ReportedSide, patch: JsonObject, now: datetime) -> None
     """Merge ``patch`` into the reported state and stamp the leaves it changed with ``now``."""
     if not patch:
         return
-    merged = merge_patch(side.reported, patch)
-    side.metadata = touched_stamps(side.reported, merged, side.metadata, now.isoformat())
-    side.reported = merged
+    side.reported, side.metadata = merge_patch_stamped(
+        side.reported, side.metadata, patch, now.isoformat()
+    )
 
 
 def store_reported(session: Session, sides: Mapping[str, ReportedSide], now: datetime) -> None:

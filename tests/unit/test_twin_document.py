@@ -13,7 +13,9 @@ from twin.twin_document import (
     TwinDocument,
     compute_delta,
     merge_patch,
+    merge_patch_stamped,
     patch_desired,
+    touched_stamps,
     update_reported,
 )
 
@@ -105,3 +107,46 @@ def test_merging_the_delta_makes_reported_match_desired(desired: dict, reported:
     """The delta is exactly what the edge must apply for ``desired`` to hold."""
     patched = merge_patch(reported, compute_delta(desired, reported))
     assert compute_delta(desired, patched) == {}
+
+
+# -- merge with stamps in one walk (the ingestion path) ------------------------------------------
+
+_KEYS = st.sampled_from(["a", "b", "c"])
+_LEAVES = st.one_of(
+    st.integers(0, 2), st.booleans(), st.just(1.0), st.lists(st.integers(0, 1), max_size=2)
+)
+_DOCS = st.recursive(
+    _LEAVES, lambda inner: st.dictionaries(_KEYS, inner, max_size=3), max_leaves=12
+).filter(lambda d: isinstance(d, dict))
+_PATCHES = st.recursive(
+    st.one_of(_LEAVES, st.none()),
+    lambda inner: st.dictionaries(_KEYS, inner, max_size=3),
+    max_leaves=12,
+).filter(lambda d: isinstance(d, dict))
+
+
+@given(_DOCS, _PATCHES, _PATCHES)
+def test_merge_patch_stamped_is_merge_patch_then_touched_stamps(
+    target: dict[str, object], first: dict[str, object], second: dict[str, object]
+) -> None:
+    """Checked against the two-step reference, over two successive patches (stamps 1 then
+    2 then 3), from stamps as ``touched_stamps`` leaves them."""
+    stamps = touched_stamps({}, target, {}, 1)  # type: ignore[arg-type]
+    doc = target
+    for now, patch in ((2, first), (3, second)):
+        expected_doc = merge_patch(doc, patch)  # type: ignore[arg-type]
+        expected_stamps = touched_stamps(doc, expected_doc, stamps, now)  # type: ignore[arg-type]
+        doc, stamps = merge_patch_stamped(doc, stamps, patch, now)  # type: ignore[arg-type]
+        assert doc == expected_doc
+        assert stamps == expected_stamps
+
+
+def test_merge_patch_stamped_keeps_unchanged_leaves_and_inputs() -> None:
+    reported = {"cells": {"0": {"v": 3.6, "t": 25.0}}, "seq": 1, "note": {"x": 1}}
+    stamps = {"cells.0.v": T0, "cells.0.t": T0, "seq": T0, "note.x": T0}
+    merged, after = merge_patch_stamped(
+        reported, stamps, {"cells": {"0": {"v": 3.7, "t": 25.0}}, "seq": 2, "note": 5}, T1
+    )
+    assert merged == {"cells": {"0": {"v": 3.7, "t": 25.0}}, "seq": 2, "note": 5}
+    assert after == {"cells.0.v": T1, "cells.0.t": T0, "seq": T1, "note": T1}
+    assert reported["seq"] == 1 and stamps["seq"] == T0  # inputs untouched
