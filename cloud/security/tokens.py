@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -37,12 +37,24 @@ class TokenType(StrEnum):
     REFRESH = "refresh"
 
 
+VERIFIED_CACHE_SIZE = 4096
+"""Tokens whose signature a key ring remembers having checked (then it forgets them all)."""
+
+
 @dataclass(frozen=True)
 class KeyRing:
-    """The signing key (``current_kid``) and every key still accepted for verification."""
+    """The signing key (``current_kid``) and every key still accepted for verification.
+
+    It remembers the payloads of the last ``VERIFIED_CACHE_SIZE`` tokens whose header and
+    signature it verified: a token string is signed once, so checking it again with the same
+    keys gives the same answer; the claims that depend on time are checked on every use.
+    """
 
     current_kid: str
     keys: Mapping[str, bytes]
+    _verified: dict[str, tuple[str, dict[str, Any]]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         if self.current_kid not in self.keys:
@@ -59,6 +71,41 @@ class KeyRing:
         keys = {kid: secret.encode() for kid, secret in previous.items()}
         keys[current_kid] = current.encode()
         return cls(current_kid=current_kid, keys=keys)
+
+    def signed_payload(self, token: str) -> tuple[str, dict[str, Any]]:
+        """The key id and payload of a token whose header (HS256, a known ``kid``) and
+        signature are valid, with the required claims present; ``AuthenticationError``
+        otherwise. Do not change the payload: it is remembered."""
+        known = self._verified.get(token)
+        if known is not None:
+            return known
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.InvalidTokenError:
+            raise AuthenticationError("malformed token") from None
+        if header.get("alg") != ALGORITHM:
+            raise AuthenticationError(f"token algorithm must be {ALGORITHM}")
+        kid = header.get("kid")
+        if not isinstance(kid, str) or kid not in self.keys:
+            raise AuthenticationError("token signed with an unknown or retired key")
+        try:
+            payload = jwt.decode(
+                token,
+                self.keys[kid],
+                algorithms=[ALGORITHM],
+                options={
+                    "require": ["exp", "iat", "sub", "typ", "jti", "role"],
+                    "verify_exp": False,  # checked on every use, against the injected clock
+                    "verify_nbf": False,
+                    "verify_iat": False,
+                },
+            )
+        except jwt.InvalidTokenError as exc:
+            raise AuthenticationError(f"invalid token: {exc}") from None
+        if len(self._verified) >= VERIFIED_CACHE_SIZE:
+            self._verified.clear()
+        self._verified[token] = (kid, payload)
+        return kid, payload
 
 
 @dataclass(frozen=True)
@@ -132,29 +179,7 @@ def verify_token(keys: KeyRing, token: str, expected_type: TokenType, now: datet
     """The claims of a valid token of ``expected_type`` at ``now``; ``AuthenticationError``
     otherwise. ``exp``, ``nbf`` and ``iat`` are checked against ``now`` (± ``LEEWAY_S``).
     """
-    try:
-        header = jwt.get_unverified_header(token)
-    except jwt.InvalidTokenError:
-        raise AuthenticationError("malformed token") from None
-    if header.get("alg") != ALGORITHM:
-        raise AuthenticationError(f"token algorithm must be {ALGORITHM}")
-    kid = header.get("kid")
-    if not isinstance(kid, str) or kid not in keys.keys:
-        raise AuthenticationError("token signed with an unknown or retired key")
-    try:
-        payload = jwt.decode(
-            token,
-            keys.keys[kid],
-            algorithms=[ALGORITHM],
-            options={
-                "require": ["exp", "iat", "sub", "typ", "jti", "role"],
-                "verify_exp": False,  # checked below against the injected clock
-                "verify_nbf": False,
-                "verify_iat": False,
-            },
-        )
-    except jwt.InvalidTokenError as exc:
-        raise AuthenticationError(f"invalid token: {exc}") from None
+    kid, payload = keys.signed_payload(token)
     now_s = now.timestamp()
     for name in ("exp", "iat"):
         if not isinstance(payload[name], int | float) or isinstance(payload[name], bool):

@@ -16,6 +16,7 @@ from sqlalchemy import bindparam, delete, select, true, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from cloud.db.base import table_of
 from cloud.db.engine import Database
 from cloud.db.models import BatteryRow
 from cloud.db.security_models import AccessGrant, Device, RefreshToken, User
@@ -304,25 +305,27 @@ class AccessFacts:
     """The grants of the user that may cover the battery (none asked: empty)."""
 
 
+_grants, _users, _batteries = table_of(AccessGrant), table_of(User), table_of(BatteryRow)
 _COVERING_GRANTS = (
     select(
-        AccessGrant.battery_id,
-        AccessGrant.categories,
-        AccessGrant.valid_from,
-        AccessGrant.valid_until,
+        _grants.c.battery_id,
+        _grants.c.categories,
+        _grants.c.valid_from,
+        _grants.c.valid_until,
     )
-    .join(User, User.user_id == AccessGrant.user_id)
+    .join(_users, _users.c.user_id == _grants.c.user_id)
     .where(
-        User.name == bindparam("user_name"),
-        (AccessGrant.battery_id == bindparam("battery_id")) | AccessGrant.battery_id.is_(None),
+        _users.c.name == bindparam("user_name"),
+        (_grants.c.battery_id == bindparam("battery_id")) | _grants.c.battery_id.is_(None),
     )
     .subquery()
 )
 """The grants of a user that may cover a battery (its own or every battery's)."""
-_PARTIES = select(BatteryRow.manufacturer, BatteryRow.owner).where(
-    BatteryRow.battery_id == bindparam("battery_id")
+_PARTIES = select(_batteries.c.manufacturer, _batteries.c.owner).where(
+    _batteries.c.battery_id == bindparam("battery_id")
 )
 _PARTIES_AND_GRANTS = _PARTIES.add_columns(*_COVERING_GRANTS.c).outerjoin(_COVERING_GRANTS, true())
+"""Core statements (tables, not mapped classes): no ORM work on the per-request path."""
 
 
 def access_facts(session: Session, battery_id: str, user_name: str | None) -> AccessFacts:

@@ -141,12 +141,12 @@ def store_reported(session: Session, sides: Mapping[str, ReportedSide], now: dat
 
 
 _TWIN_JSON_COLUMNS = select(
-    TwinRow.version,
-    TwinRow.desired,
-    cast(TwinRow.reported, Text),
-    cast(TwinRow.desired_metadata, Text),
-    cast(TwinRow.reported_metadata, Text),
-).where(TwinRow.battery_id == bindparam("battery_id"))
+    _twins.c.version,
+    _twins.c.desired,
+    cast(_twins.c.reported, Text),
+    cast(_twins.c.desired_metadata, Text),
+    cast(_twins.c.reported_metadata, Text),
+).where(_twins.c.battery_id == bindparam("battery_id"))
 
 
 def twin_json(session: Session, battery_id: str) -> tuple[int, bytes]:

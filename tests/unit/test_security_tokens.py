@@ -142,3 +142,42 @@ def test_short_keys_refused() -> None:
         KeyRing.from_secrets("k1", "short", {})
     with pytest.raises(ConfigError, match="shorter"):
         KeyRing.from_secrets("k1", KEY_1, {"k0": "short"})
+
+
+def test_a_remembered_signature_is_still_checked_for_time_and_type() -> None:
+    ring = _ring()
+    token = _issue(ring, ttl_s=60)
+    assert verify_token(ring, token, TokenType.ACCESS, NOW).subject == "alice"
+    assert token in ring._verified  # remembered after one check
+    with pytest.raises(AuthenticationError, match="expired"):
+        verify_token(ring, token, TokenType.ACCESS, NOW + timedelta(seconds=120))
+    with pytest.raises(AuthenticationError, match="not a refresh token"):
+        verify_token(ring, token, TokenType.REFRESH, NOW)
+
+
+def test_refused_tokens_are_not_remembered_and_rings_do_not_share() -> None:
+    old = _ring("k1")
+    token = _issue(old)
+    verify_token(old, token, TokenType.ACCESS, NOW)
+    head, payload, signature = token.split(".")
+    forged = f"{head}.{payload}.{signature[:-2]}AA"
+    with pytest.raises(AuthenticationError):
+        verify_token(old, forged, TokenType.ACCESS, NOW)
+    assert forged not in old._verified
+    rotated = _ring("k2")  # k1 retired: its tokens are refused, whatever ``old`` remembers
+    with pytest.raises(AuthenticationError, match="unknown or retired"):
+        verify_token(rotated, token, TokenType.ACCESS, NOW)
+
+
+def test_the_remembered_signatures_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("cloud.security.tokens.VERIFIED_CACHE_SIZE", 3)
+    ring = _ring()
+    tokens = [
+        issue_token(ring, subject=f"u{i}", role="operator", token_type=TokenType.ACCESS,
+                    ttl_s=60, now=NOW).token
+        for i in range(7)
+    ]  # fmt: skip
+    for token in tokens:
+        assert verify_token(ring, token, TokenType.ACCESS, NOW).subject.startswith("u")
+        assert len(ring._verified) <= 3
+    assert tokens[-1] in ring._verified
