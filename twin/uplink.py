@@ -56,9 +56,13 @@ class TelemetryRecord(B2LModel):
     def _not_empty(self) -> TelemetryRecord:
         if not (self.pillar1 or self.pillar2 or self.packs or self.estimates):
             raise ValueError("a telemetry record needs at least one cell, pack or estimate")
-        for name in ("pillar1", "pillar2", "estimates"):
-            ids = [c.cell_id for c in getattr(self, name)]
-            if len(set(ids)) != len(ids):
+        groups = (
+            ("pillar1", self.pillar1),
+            ("pillar2", self.pillar2),
+            ("estimates", self.estimates),
+        )
+        for name, group in groups:
+            if len(group) > 1 and len({c.cell_id for c in group}) != len(group):
                 raise ValueError(f"{name} lists a cell_id twice")
         return self
 

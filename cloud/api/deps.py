@@ -48,7 +48,7 @@ from cloud.security.policy import (
     passport_tier,
 )
 from cloud.security.tokens import TokenType, verify_token
-from cloud.services.accounts import access_facts
+from cloud.services.accounts import AccessFacts, access_facts
 from cloud.services.audit import audit_now
 from cloud.services.ingestion import IngestionService
 from cloud.settings import CloudSettings
@@ -209,6 +209,9 @@ BatteryIdPath = Annotated[
 ]
 
 
+_TOKEN_ONLY = AccessFacts(manufacturer=None, owner=None, grants=())
+
+
 def authorize(
     state: AppState,
     session: Session,
@@ -220,11 +223,15 @@ def authorize(
 ) -> Access:
     """The caller's access to ``category`` of a battery, decided on what ``session`` (a read
     session) reads: NotFoundError for an unknown battery, PermissionDeniedError when the policy
-    refuses. A restricted read, and a refusal of restricted data, is audited and committed
-    before this returns."""
+    refuses. A device on its own battery (the one its token names, registered when the device
+    was made) is decided without a read. A restricted read, and a refusal of restricted data,
+    is audited and committed before this returns."""
     now = state.clock()
-    needs_grants = principal.role not in (Role.ADMIN, Role.DEVICE)
-    facts = access_facts(session, battery_id, principal.subject if needs_grants else None)
+    if principal.is_device and principal.battery_id == battery_id:
+        facts = _TOKEN_ONLY  # on its own battery a device's rights follow from its token
+    else:
+        needs_grants = principal.role not in (Role.ADMIN, Role.DEVICE)
+        facts = access_facts(session, battery_id, principal.subject if needs_grants else None)
     decision = decide(
         principal, battery_id, category, action, now, facts.grants, facts.manufacturer, facts.owner
     )

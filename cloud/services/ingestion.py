@@ -152,11 +152,12 @@ _ACK_COLUMNS = (
 )
 _CLAIM_SQL = (
     "INSERT INTO ingested_records (battery_id, seq, kind, ts, received_at) "
-    "SELECT u.battery_id, u.seq, u.kind, u.ts, %s "
-    "FROM unnest(%s::text[], %s::int8[], %s::text[], %s::timestamptz[]) "
+    "SELECT u.battery_id, u.seq, u.kind, u.ts, %b "
+    "FROM unnest(%b::text[], %b::int8[], %b::text[], %b::timestamptz[]) "
     "AS u(battery_id, seq, kind, ts) "
     "ON CONFLICT DO NOTHING RETURNING battery_id, seq"
 )
+"""The claim of a batch's keys; parameters in binary (arrays dump 3x faster than as text)."""
 
 
 class IngestResult(BaseModel):
