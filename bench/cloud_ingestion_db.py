@@ -1,13 +1,13 @@
 """Benchmark cloud ingestion into PostgreSQL through the public HTTP API, against raw binary COPY.
 
 Run on demand (not in the test suite):
-    .venv/bin/python bench/cloud_ingestion_db.py [--batches 240] [--cells 16] [--records 100]
-        [--batteries 8] [--clients 4] [--mirror] [--service] [--json]
+    .venv/bin/python bench/cloud_ingestion_db.py [--batches 960] [--cells 16] [--records 100]
+        [--batteries 8] [--clients 4] [--workers 2] [--mirror] [--service] [--json]
 
 A throwaway PostgreSQL (``hil.services.PostgresServer``, fsync off) gets two migrated databases.
 
-* **http**: ``b2l cloud serve`` (uvicorn, its own process) on the first database, on a random
-  loopback port; ``--batteries`` batteries are registered, each with a device credential.
+* **http**: ``b2l cloud serve --workers 2`` (uvicorn, its own processes, one per core) on the
+  first database, on a random loopback port; ``--batteries`` batteries are registered, each with a device credential.
   ``--clients`` client processes (httpx, keep-alive) POST ``--batches`` UplinkBatch JSON bodies
   of ``--records`` telemetry records x ``--cells`` Pillar 1 cells (1,600 cell-rows each by
   default) to ``/api/v1/batteries/{id}/telemetry`` with the device's bearer token, each client
@@ -275,14 +275,16 @@ def bench_service(url: str, args: argparse.Namespace) -> tuple[int, float]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batches", type=int, default=240, help="timed batches (+3 warm-up)")
+    parser.add_argument("--batches", type=int, default=960, help="timed batches (+3 warm-up)")
     parser.add_argument("--cells", type=int, default=16, help="cells per record")
     parser.add_argument("--records", type=int, default=100, help="records per batch")
     parser.add_argument("--batteries", type=int, default=8)
     parser.add_argument("--clients", type=int, default=4, help="client processes (COPY threads)")
     parser.add_argument("--mirror", action="store_true", help="register with a cell model")
     parser.add_argument("--service", action="store_true", help="also the in-process service")
-    parser.add_argument("--workers", type=int, default=1, help="b2l cloud serve --workers")
+    parser.add_argument(
+        "--workers", type=int, default=2, help="b2l cloud serve --workers (one per core)"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     args.clients = max(1, min(args.clients, args.batteries))

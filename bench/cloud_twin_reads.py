@@ -3,7 +3,7 @@ with ``GET /healthz`` (no auth, no database) measured in the same run as the bas
 
 Run on demand (not in the test suite):
     .venv/bin/python bench/cloud_twin_reads.py [--seconds 10] [--clients 4] [--batteries 20]
-        [--workers 1] [--load wrk|httpx] [--json]
+        [--workers 2] [--load wrk|httpx] [--json]
 
 A throwaway PostgreSQL (fsync off) with ``--batteries`` 16-cell batteries whose twins hold
 reported state (one ingested batch each) and a desired reporting period (a delta to
@@ -161,7 +161,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--batteries", type=int, default=20)
-    parser.add_argument("--workers", type=int, default=1, help="b2l cloud serve --workers")
+    parser.add_argument(
+        "--workers", type=int, default=2, help="b2l cloud serve --workers (one per core)"
+    )
     parser.add_argument(
         "--load",
         choices=("wrk", "httpx"),

@@ -75,7 +75,14 @@ class PartitionManager:
         """Make sure partitions exist for ``timestamps``; returns the names created now."""
         if not self.enabled:
             return []
-        starts = {partition_bounds(ts, self.span) for ts in timestamps}
+        times = list(timestamps)
+        if not times:
+            return []
+        low, high = min(times), max(times)
+        bounds = partition_bounds(low, self.span)
+        if bounds[0] in self._known and high < bounds[1]:
+            return []  # the common case: one batch, one known partition
+        starts = {partition_bounds(ts, self.span) for ts in times}
         missing = sorted(b for b in starts if b[0] not in self._known)
         if not missing:
             return []

@@ -136,12 +136,18 @@ def test_partitions_are_created_on_demand_once(db: Database) -> None:
         f"{table}_p2025010{day}" for table in models.TELEMETRY_CELL_TABLES for day in (1, 2)
     )
     assert manager.ensure(times) == []  # remembered
+    assert manager.ensure([datetime(2025, 1, 1, 23, 59, tzinfo=UTC)]) == []  # inside a known one
+    later = [datetime(2025, 1, 1, 23, tzinfo=UTC), datetime(2025, 1, 4, 1, tzinfo=UTC)]
+    assert sorted(manager.ensure(later)) == sorted(  # only the one missing, not the days between
+        f"{table}_p20250104" for table in models.TELEMETRY_CELL_TABLES
+    )
     other = PartitionManager(db.engine, "day")  # another process: finds them, creates none
     assert other.ensure(times) == []
     with db.engine.connect() as conn:
         assert list_partitions(conn, "cell_pillar1") == [
             "cell_pillar1_p20250101",
             "cell_pillar1_p20250102",
+            "cell_pillar1_p20250104",
         ]
         kind = conn.execute(
             text("SELECT relkind FROM pg_class WHERE relname = 'cell_pillar1'")
