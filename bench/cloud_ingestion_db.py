@@ -7,7 +7,8 @@ Run on demand (not in the test suite):
 A throwaway PostgreSQL (``hil.services.PostgresServer``, fsync off) gets two migrated databases.
 
 * **http**: ``b2l cloud serve --workers 2`` (uvicorn, its own processes, one per core) on the
-  first database, on a random loopback port; ``--batteries`` batteries are registered, each with a device credential.
+  first database, on a random loopback port; ``--batteries`` batteries are registered, each
+  with a device credential.
   ``--clients`` client processes (httpx, keep-alive) POST ``--batches`` UplinkBatch JSON bodies
   of ``--records`` telemetry records x ``--cells`` Pillar 1 cells (1,600 cell-rows each by
   default) to ``/api/v1/batteries/{id}/telemetry`` with the device's bearer token, each client

@@ -12,9 +12,17 @@ from enum import StrEnum
 from typing import Annotated, Literal
 from uuid import UUID
 
-from pydantic import Field, JsonValue, StringConstraints, model_validator
+from pydantic import Field, StringConstraints, model_validator
 
-from twin.base import B2LModel, BatteryId, CellId, PositiveFloat, ShortText, UtcDatetime
+from twin.base import (
+    B2LModel,
+    BatteryId,
+    CellId,
+    PositiveFloat,
+    ShortText,
+    StorableJson,
+    UtcDatetime,
+)
 from twin.errors import TwinValidationError
 
 MIN_REPORTING_PERIOD_S = 0.1
@@ -73,7 +81,7 @@ class ModelUpdate(B2LModel):
     type: Literal["model_update"] = "model_update"
     model: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
     version: Annotated[str, StringConstraints(min_length=1, max_length=64)]
-    parameters: dict[str, JsonValue]
+    parameters: dict[str, StorableJson]
 
 
 CommandPayload = Annotated[
@@ -159,7 +167,7 @@ class CommandAck(B2LModel):
     status: Literal[CommandStatus.SUCCEEDED, CommandStatus.FAILED]
     reason: ShortText | None = None
     timestamp: UtcDatetime
-    result: dict[str, JsonValue] | None = None
+    result: dict[str, StorableJson] | None = None
 
     @model_validator(mode="after")
     def _reason_on_failure(self) -> CommandAck:

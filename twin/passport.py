@@ -19,7 +19,7 @@ from typing import Annotated, NamedTuple
 
 from pydantic import Field, JsonValue, model_validator
 
-from twin.base import B2LModel, BatteryId, ShortText, UtcDatetime
+from twin.base import B2LModel, BatteryId, ShortText, StorableJson, UtcDatetime
 from twin.errors import TwinValidationError
 
 
@@ -155,7 +155,7 @@ class Passport(B2LModel):
     """A battery's passport: catalogue and extension attributes, each with its access tier."""
 
     battery_id: BatteryId
-    attributes: dict[str, JsonValue] = Field(default_factory=dict)
+    attributes: dict[str, StorableJson] = Field(default_factory=dict)
     extensions: dict[str, ExtensionAttribute] = Field(default_factory=dict)
     updated_at: UtcDatetime | None = None
 

@@ -12,12 +12,13 @@ Cell ids are checked against the battery's topology when one is passed as valida
 from __future__ import annotations
 
 import itertools
+import re
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import Field, JsonValue, StringConstraints, ValidationInfo, model_validator
+from pydantic import Field, StringConstraints, ValidationInfo, model_validator
 
-from twin.base import B2LModel, BatteryId, SequenceNumber, ShortText, UtcDatetime
+from twin.base import B2LModel, BatteryId, SequenceNumber, ShortText, StorableJson, UtcDatetime
 from twin.commands import CommandAck
 from twin.measurements import (
     CellEstimate,
@@ -28,9 +29,18 @@ from twin.measurements import (
 )
 from twin.topology import BatteryTopology
 
+NUL_REASON = "body: NUL characters (\\u0000) are not accepted in text"
+"""Why a batch holding one is refused: PostgreSQL stores no NUL in text or jsonb."""
+_NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 MAX_RECORDS_PER_BATCH = 10_000
 MAX_CELLS_PER_RECORD = 4_096
 _MAX_CELLS = MAX_CELLS_PER_RECORD
+
+
+def has_nul(json_text: bytes) -> bool:
+    """Whether a JSON text holds a NUL character: a ``\\u0000`` escape that is not the text of
+    an escaped backslash (a raw NUL byte is not valid JSON at all)."""
+    return b"\\u0000" in json_text and _NUL_ESCAPE.search(json_text) is not None
 
 
 class Severity(StrEnum):
@@ -94,7 +104,7 @@ class EventRecord(B2LModel):
     severity: Severity = Severity.INFO
     message: ShortText | None = None
     cell_id: Annotated[int, Field(ge=0, le=65_535)] | None = None
-    data: dict[str, JsonValue] = Field(default_factory=dict)
+    data: dict[str, StorableJson] = Field(default_factory=dict)
 
     def cell_ids(self) -> set[int]:
         """Every cell id the record mentions."""

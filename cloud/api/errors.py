@@ -32,6 +32,7 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -164,6 +165,25 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return await http_exception_handler(request, exc)
 
 
+async def _data_error(request: Request, exc: Exception) -> JSONResponse:
+    """A value the database refuses although validation let it through: the transaction was
+    rolled back (nothing written); a 422, counted and logged, not a 500."""
+    assert isinstance(exc, sa_exc.DataError)
+    reason = str(exc.orig or exc).strip().splitlines()[0][:300]
+    state = getattr(request.app.state, "b2l", None)
+    if state is not None:
+        state.metrics.rejects.labels(channel="http", reason="data_error").inc()
+    log.warning(
+        "the database refused a value on %s %s: %s", request.method, request.url.path, reason
+    )
+    error = {
+        "loc": ["body"],
+        "msg": f"the database refused a value: {reason}",
+        "type": "data_error",
+    }
+    return JSONResponse({"detail": [error]}, status_code=422)
+
+
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     log.error(
         "unhandled error on %s %s",
@@ -181,4 +201,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(ValidationError, _validation_error)  # a model built from input
+    app.add_exception_handler(sa_exc.DataError, _data_error)
     app.add_exception_handler(Exception, _unexpected_error)

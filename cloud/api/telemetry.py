@@ -51,7 +51,7 @@ from cloud.services.history import (
 from cloud.services.ingestion import IngestResult, validation_reasons
 from twin.base import CellId
 from twin.errors import TwinValidationError
-from twin.uplink import EisRecord, TelemetryRecord, UplinkBatch
+from twin.uplink import NUL_REASON, EisRecord, TelemetryRecord, UplinkBatch, has_nul
 
 router = APIRouter(prefix="/api/v1", tags=["telemetry"])
 
@@ -156,6 +156,8 @@ def parse_batch(body: bytes, battery_id: str) -> UplinkBatch:
     """The batch in ``body``; 422 (BatchRejectedError) with every reason if it is not one."""
     if not body.strip():
         raise BatchRejectedError(battery_id, ["body: empty; send an UplinkBatch JSON object"])
+    if has_nul(body):
+        raise BatchRejectedError(battery_id, [NUL_REASON])
     try:
         return UplinkBatch.model_validate_json(body)
     except ValidationError as exc:  # malformed JSON included

@@ -10,7 +10,7 @@ stored in the order the broker delivered them):
    payload starts with the gzip magic (the edge's ``compress``), the ``UplinkBatch`` JSON, and
    the topic's battery against the batch's;
 2. the **committer** checks each batch against its battery (registered, cells in the
-   topology), stores the good ones in ONE transaction (``IngestionService.ingest_many``),
+   topology), stores the good ones in ONE transaction (``IngestionService.ingest_checked``),
    writes the bad ones to the dead letters, and only then acknowledges every message of the
    group (PUBACK), so the decoder prepares the next group while the database works.
 
@@ -44,10 +44,15 @@ from cloud.clock import utc_now
 from cloud.errors import BatchRejectedError, NotFoundError
 from cloud.metrics import CloudMetrics
 from cloud.mqtt.dead_letters import DeadLetterStore
-from cloud.services.ingestion import IngestionService, IngestResult, validation_reasons
+from cloud.services.ingestion import (
+    CheckedBatch,
+    IngestionService,
+    IngestResult,
+    validation_reasons,
+)
 from twin.errors import B2LError, TopicError
 from twin.protocols.mqtt_topics import parse_topic
-from twin.uplink import UplinkBatch
+from twin.uplink import NUL_REASON, UplinkBatch, has_nul
 
 __all__ = ["Inbound", "MqttConsumer", "Outcome", "decode_message"]
 
@@ -128,6 +133,8 @@ def decode_message(topic: str, payload: bytes) -> UplinkBatch | tuple[str, str]:
             payload = _gunzip(payload)
         except (OSError, EOFError, zlib.error, ValueError) as exc:
             return Outcome.MALFORMED, f"bad gzip payload: {exc}"
+    if has_nul(payload):
+        return Outcome.MALFORMED, NUL_REASON  # the database would refuse the whole group
     try:
         batch = UplinkBatch.model_validate_json(payload)
     except ValidationError as exc:
@@ -311,27 +318,25 @@ class MqttConsumer:
     def _store(self, group: _Group) -> tuple[list[IngestResult], list[_Dead]]:
         """Check, then store the good batches in one transaction (isolating data errors)."""
         dead: list[_Dead] = []
-        ok: list[tuple[Inbound, UplinkBatch]] = []
+        ok: list[tuple[Inbound, CheckedBatch]] = []
         for message, batch in group.good:
             try:
-                self.ingestion.check(batch)
+                ok.append((message, self.ingestion.check(batch)))
             except NotFoundError as exc:
                 dead.append(_Dead(message, Outcome.UNKNOWN_BATTERY, str(exc)))
             except BatchRejectedError as exc:
                 dead.append(_Dead(message, Outcome.REJECTED, str(exc)))
-            else:
-                ok.append((message, batch))
         if not ok:
             return [], dead
         start_s = time.perf_counter()
         try:
-            results = self.ingestion.ingest_many([b for _, b in ok], now=self.clock())
+            results = self.ingestion.ingest_checked([c for _, c in ok], now=self.clock())
         except DATA_ERRORS as exc:
             log.warning("a group commit failed on its data (%s); storing one by one", _short(exc))
             results = []
-            for message, batch in ok:
+            for message, checked in ok:
                 try:
-                    results += self.ingestion.ingest_many([batch], now=self.clock())
+                    results += self.ingestion.ingest_checked([checked], now=self.clock())
                 except DATA_ERRORS as one:
                     dead.append(_Dead(message, Outcome.POISON, _short(one)))
         self.commits += 1

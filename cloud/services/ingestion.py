@@ -30,7 +30,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -61,12 +61,14 @@ from twin.commands import CommandStatus
 from twin.estimation import SocEstimator
 from twin.topology import BatteryTopology
 from twin.uplink import (
+    NUL_REASON,
     AckRecord,
     EisRecord,
     EventRecord,
     TelemetryRecord,
     UplinkBatch,
     UplinkRecord,
+    has_nul,
 )
 
 REPORTED_EVENT_TYPE = "twin.reported"
@@ -185,6 +187,13 @@ class _Battery:
     parameters: dict[str, Any] | None
 
 
+class CheckedBatch(NamedTuple):
+    """A batch ``IngestionService.check`` accepted, with the battery it found for it."""
+
+    batch: UplinkBatch
+    battery: _Battery
+
+
 def topology_reasons(batch: UplinkBatch, topology: BatteryTopology) -> list[str]:
     """Every record naming a cell outside ``topology`` (the batch model's own rule)."""
     reasons: list[str] = []
@@ -232,8 +241,11 @@ class IngestionService:
         now: datetime | None = None,
     ) -> IngestResult:
         """Parse a batch's JSON and ingest it; BatchRejectedError lists what is malformed."""
+        raw = data.encode() if isinstance(data, str) else data
+        if has_nul(raw):
+            raise BatchRejectedError(device_battery_id or "?", [NUL_REASON])
         try:
-            batch = UplinkBatch.model_validate_json(data)
+            batch = UplinkBatch.model_validate_json(raw)
         except ValidationError as exc:
             raise BatchRejectedError(device_battery_id or "?", validation_reasons(exc)) from None
         return self.ingest(batch, device_battery_id, now=now)
@@ -259,20 +271,26 @@ class IngestionService:
         """Store several batches (any batteries) in one transaction; results in input order.
 
         Every batch is checked first (``check``): the first bad one raises before anything is
-        written, so callers that must not fail a group check each batch themselves first.
-        Batches of one battery are applied in the given order. A battery's ``acks_applied`` and
-        ``cloud_events`` are counted on its first batch.
+        written, so callers that must not fail a group check each batch themselves first and
+        store the good ones with ``ingest_checked``. Batches of one battery are applied in the
+        given order. A battery's ``acks_applied`` and ``cloud_events`` are counted on its first
+        batch.
         """
-        prepared = [(batch, self._checked(batch, None)) for batch in batches]
-        if not prepared:
-            return []
-        return self._ingest_checked(prepared, resolve_now(now))
+        return self.ingest_checked([self.check(batch) for batch in batches], now=now)
 
-    def check(self, batch: UplinkBatch, device_battery_id: str | None = None) -> None:
+    def ingest_checked(
+        self, checked: Sequence[CheckedBatch], *, now: datetime | None = None
+    ) -> list[IngestResult]:
+        """``ingest_many`` of batches ``check`` accepted already (not checked again)."""
+        if not checked:
+            return []
+        return self._ingest_checked(checked, resolve_now(now))
+
+    def check(self, batch: UplinkBatch, device_battery_id: str | None = None) -> CheckedBatch:
         """Refuse a batch that cannot be stored, before any write: WrongBatteryError (another
         battery's device), NotFoundError (battery not registered), BatchRejectedError (cells
         outside the topology). May read the battery from the database once (then cached)."""
-        self._checked(batch, device_battery_id)
+        return CheckedBatch(batch, self._checked(batch, device_battery_id))
 
     def forget_battery(self, battery_id: str) -> None:
         """Drop the cached topology and cell model of a battery."""
@@ -394,7 +412,7 @@ class IngestionService:
             acks_applied, raised = per_battery.get(battery_id, (0, []))
             kinds = Counter(r.kind for r in new)
             results.append(
-                IngestResult(
+                IngestResult.model_construct(  # computed here: no validation needed
                     battery_id=battery_id,
                     accepted=len(new),
                     duplicates=len(batch.records) - len(new),

@@ -457,3 +457,24 @@ def test_eis_route_takes_only_eis_records(api: CloudHarness) -> None:
     assert stored.status_code == 200 and count(api.db, EventRow, "B-1") == 1
     other = api.client.get("/api/v1/batteries/B-2/eis", headers=api.headers("ops"))
     assert other.status_code == 403
+
+
+def test_nul_characters_are_refused_before_the_database_sees_them(api: CloudHarness) -> None:
+    """PostgreSQL stores no NUL in text or jsonb: such a batch is a 422, never a 500, on both
+    backends alike; an escaped backslash followed by ``u0000`` is ordinary text."""
+    event = {
+        "kind": "event",
+        "seq": 1,
+        "timestamp": T0.isoformat(),
+        "event_type": "edge.note",
+        "data": {"text": "nul \u0000 inside"},
+    }
+    headers = _device(api)
+    response = _post(api, headers, _body([telemetry(2, cells=CELLS), event]))
+    assert response.status_code == 422, response.text
+    assert "NUL" in response.json()["detail"][0]["msg"]
+    assert count(api.db, IngestedRecordRow) == 0
+    literal = {**event, "data": {"text": "a backslash then u0000: \\u0000"}}
+    response = _post(api, headers, _body([literal]))
+    assert response.status_code == 200, response.text
+    assert count(api.db, EventRow) == 1

@@ -129,10 +129,17 @@ def test_only_the_manufacturer_writes(api: CloudHarness) -> None:
         {"attributes": {}, "lifecycle_status": "exploded"},
         {"attributes": {}, "surprise": True},
         {"attributes": {}, "lifecycle_status": "repurposed", "reason": "x" * 201},
+        {"attributes": {**ATTRIBUTES, "productIdentifier": "ACME\u000042"}},  # a NUL
+        '{"attributes": {"productIdentifier": "ACME-42", "ratedCapacity": 1e400}}',  # infinity
     ],
 )
-def test_bad_passports_are_422(api: CloudHarness, body: dict[str, Any]) -> None:
-    response = api.client.put(PASSPORT, json=body, headers=api.headers("acme"))
+def test_bad_passports_are_422(api: CloudHarness, body: dict[str, Any] | str) -> None:
+    headers = api.headers("acme")
+    if isinstance(body, str):  # raw JSON text
+        headers = {**headers, "Content-Type": "application/json"}
+        response = api.client.put(PASSPORT, content=body, headers=headers)
+    else:
+        response = api.client.put(PASSPORT, json=body, headers=headers)
     assert response.status_code == 422, response.text
     assert _audit(api, "passport.write") == []
 
@@ -398,3 +405,40 @@ def test_admin_routes_are_for_admins_only(api: CloudHarness) -> None:
         response = api.client.request(method, path, json=body, headers=acme)
         assert response.status_code == 403, (method, path)
     assert not BatteryService(api.db).exists("Z")
+
+
+def test_a_value_the_database_refuses_is_a_422_not_a_500(pg_database: Any) -> None:
+    """A refusal validation cannot foresee (here a trigger this test adds raises SQLSTATE
+    22023): the write is rolled back, the answer is a clear 422, and it is counted."""
+    from sqlalchemy import text
+
+    from cloud.db.migrate import upgrade
+
+    upgrade(pg_database.url)
+    with cloud_harness(pg_database.url) as harness:
+        harness.add_user("acme", "manufacturer")
+        with harness.db.write() as session:
+            session.execute(text("UPDATE batteries SET manufacturer = 'acme'"))
+            session.execute(
+                text(
+                    "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                    "RAISE EXCEPTION 'no such capacity' USING ERRCODE = '22023'; END $$"
+                )
+            )
+            session.execute(
+                text(
+                    "CREATE TRIGGER refuse_capacity BEFORE INSERT OR UPDATE ON passports "
+                    "FOR EACH ROW WHEN ((NEW.attributes->>'ratedCapacity')::float > 1e6) "
+                    "EXECUTE FUNCTION refuse()"
+                )
+            )
+        body = {"attributes": {**ATTRIBUTES, "ratedCapacity": 1e7}}
+        response = harness.client.put(PASSPORT, json=body, headers=harness.headers("acme"))
+        assert response.status_code == 422, response.text
+        assert "no such capacity" in response.json()["detail"][0]["msg"]
+        rejects = harness.state.metrics.rejects.labels(channel="http", reason="data_error")
+        assert rejects._value.get() == 1
+        ok = harness.client.put(
+            PASSPORT, json={"attributes": ATTRIBUTES}, headers=harness.headers("acme")
+        )
+        assert ok.status_code == 200  # the process goes on

@@ -304,3 +304,63 @@ def test_a_command_nobody_subscribes_to_stays_queued(
         assert commands.get("B-2", command.command_id).status is CommandStatus.QUEUED
     finally:
         service.stop()
+
+
+def test_a_group_the_database_refuses_is_stored_one_by_one_and_the_culprit_set_aside(
+    pg_database: Any, tmp_path: Path
+) -> None:
+    """The database refuses one message of a group (a CHECK constraint this test adds): the
+    group commit fails, the consumer stores the messages one at a time, the good ones land and
+    the refused one becomes a ``poison`` dead letter; every message is acknowledged."""
+    from sqlalchemy import text
+
+    from cloud.db.migrate import upgrade
+    from cloud.mqtt.consumer import Inbound, MqttConsumer
+    from cloud.services.ingestion import IngestionService
+
+    upgrade(pg_database.url)
+    database = Database.from_url(pg_database.url)
+    try:
+        register(database, "B-1")
+        with database.write() as session:
+            session.execute(
+                text(
+                    "ALTER TABLE events ADD CONSTRAINT refuse_poison "
+                    "CHECK (event_type <> 'edge.poison')"
+                )
+            )
+        acked: list[int] = []
+        consumer = MqttConsumer(
+            IngestionService(database, CloudSettings(_env_file=None)),  # type: ignore[call-arg]
+            lambda messages: acked.extend(m.mid for m in messages),
+            dead_letters=DeadLetterStore(tmp_path / "dead", 1 << 20),
+            max_wait_s=0.2,
+        )
+        event = {
+            "kind": "event",
+            "seq": 3,
+            "timestamp": "2025-03-01T12:00:03+00:00",
+            "event_type": "edge.poison",
+        }
+        bodies = [
+            payload("B-1", [1]),
+            payload("B-1", [2]),
+            json.dumps({"battery_id": "B-1", "records": [event]}).encode(),
+            payload("B-1", [4]),
+        ]
+        for mid, body in enumerate(bodies, start=1):
+            consumer.submit(Inbound(0, mid, 1, "b2l/v1/B-1/events", body))
+        consumer.start()
+        try:
+            wait_until(lambda: len(acked) == 4, what="every message acknowledged")
+        finally:
+            consumer.stop()
+        assert sorted(acked) == [1, 2, 3, 4]
+        assert stored_seqs(database, "B-1") == [1, 2, 4]
+        assert consumer.counts == {"stored": 3, "poison": 1}
+        letters = consumer.dead_letters.read()
+        assert [(d["reason"], json.loads(d["payload"])["records"][0]["seq"]) for d in letters] == [
+            ("poison", 3)
+        ]
+    finally:
+        database.dispose()

@@ -53,6 +53,8 @@ def test_a_good_payload_plain_or_gzipped_is_a_batch() -> None:
         (TOPIC, gzip.compress(b"\xff\xfe\x80"), Outcome.MALFORMED),
         (TOPIC, b"\x1f\x8b\x08\x00garbage", Outcome.MALFORMED),
         (TOPIC, gzip.compress(batch_json())[:-6], Outcome.MALFORMED),  # truncated
+        (TOPIC, batch_json().replace(b'"faults": []', b'"state": "a\\u0000b"'), Outcome.MALFORMED),
+        (TOPIC, gzip.compress(batch_json().replace(b"26.0", b"1e400")), Outcome.MALFORMED),
         ("b2l/v1/B-2/telemetry", batch_json("B-1"), Outcome.MISMATCH),
         ("b2l/v1/B-1/commands", batch_json(), Outcome.MISMATCH),
         ("not/a/topic", batch_json(), Outcome.MISMATCH),

@@ -17,6 +17,7 @@ from twin.commands import (
     CommandAck,
     CommandStatus,
     EcmParameters,
+    ModelUpdate,
     ReportingPeriod,
     check_command_transition,
 )
@@ -360,3 +361,32 @@ def test_every_error_is_a_readable_message() -> None:
     detail = json.loads(info.value.json())[0]
     assert detail["loc"] == ["soc"]
     assert "less than or equal to 1" in detail["msg"]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        '{"x": 1e400}',
+        '{"x": [1, {"y": -1e999}]}',
+        '{"x": {"y": {"z": NaN}}}',
+    ],
+)
+def test_free_json_refuses_numbers_json_does_not_have(data: str) -> None:
+    """``1e400`` parses as infinity: neither JSON nor PostgreSQL's jsonb can carry it back."""
+    body = (
+        '{"battery_id": "B-1", "records": [{"kind": "event", "seq": 1, '
+        '"timestamp": "2025-01-01T00:00:00Z", "event_type": "edge.note", "data": ' + data + "}]}"
+    )
+    with pytest.raises(ValidationError):
+        UplinkBatch.model_validate_json(body)
+    fine = body.replace("1e400", "1e300").replace("-1e999", "-1").replace("NaN", "0.5")
+    assert UplinkBatch.model_validate_json(fine).records[0].kind == "event"
+
+
+def test_free_json_of_passports_and_commands_is_finite_too() -> None:
+    with pytest.raises(ValidationError):
+        Passport.model_validate({"battery_id": "B-1", "attributes": {"x": float("inf")}})
+    with pytest.raises(ValidationError):
+        ModelUpdate.model_validate(
+            {"model": "ecm", "version": "1", "parameters": {"r": [float("nan")]}}
+        )
