@@ -201,6 +201,22 @@ def desired_payloads(old: JsonObject, new: JsonObject) -> list[Any]:
     return payloads
 
 
+def lock_desired_commands(session: Session, battery_id: str) -> None:
+    """Lock a battery's open desired-state commands (command-id order) before its twin row is
+    written: the order ingestion takes them in (the commands an ack names, then the twin), so a
+    desired patch and an acknowledgement of a desired command never deadlock."""
+    session.execute(
+        select(CommandRow.command_id)
+        .where(
+            CommandRow.battery_id == battery_id,
+            CommandRow.created_by == DESIRED_SOURCE,
+            CommandRow.status.in_([CommandStatus.QUEUED.value, CommandStatus.DELIVERED.value]),
+        )
+        .order_by(CommandRow.command_id)
+        .with_for_update()
+    )
+
+
 def queue_desired_commands(
     session: Session, battery_id: str, old: JsonObject, new: JsonObject, now: datetime
 ) -> None:
@@ -270,6 +286,7 @@ class TwinService:
         attempts = 1 if if_match is not None else UNCONDITIONAL_RETRIES
         for _ in range(attempts):
             with self.db.write() as session:
+                lock_desired_commands(session, battery_id)
                 row = session.get(TwinRow, battery_id)
                 if row is None:
                     raise NotFoundError(f"battery {battery_id!r} is not registered")

@@ -297,3 +297,56 @@ def test_commands_survive_a_restart(db: Database) -> None:
         assert BatteryService(reopened).get("B-1").topology.n_cells == 8
     finally:
         reopened.dispose()
+
+
+def test_a_desired_patch_and_an_ack_of_its_command_do_not_deadlock(pg_database: Any) -> None:
+    """On PostgreSQL, ingestion locks the command an ack names, then the twin; a desired patch
+    takes the battery's open desired commands before the twin: the same order, so the patch
+    waits instead of deadlocking."""
+    from sqlalchemy import text
+
+    from cloud.db.migrate import upgrade
+
+    upgrade(pg_database.url)
+    database = Database.from_url(pg_database.url)
+    try:
+        register(database)
+        twins = TwinService(database)
+        twins.patch_desired("B-1", {"reporting_period_s": 2.0}, now=T0)
+        (queued,) = CommandService(database).pending("B-1", now=T0)
+        locked, go = threading.Event(), threading.Event()
+        errors: list[BaseException] = []
+        patched: list[int] = []
+
+        def acknowledge() -> None:  # the lock order of IngestionService
+            try:
+                with database.write() as session:
+                    session.execute(
+                        text("SELECT 1 FROM commands WHERE command_id = :c FOR UPDATE"),
+                        {"c": queued.command_id},
+                    )
+                    locked.set()
+                    go.wait(10)
+                    session.execute(text("SELECT 1 FROM twins WHERE battery_id = 'B-1' FOR UPDATE"))
+            except BaseException as exc:
+                errors.append(exc)
+
+        def patch() -> None:
+            try:
+                patched.append(twins.patch_desired("B-1", {"reporting_period_s": 3.0}).version)
+            except BaseException as exc:
+                errors.append(exc)
+
+        acker = threading.Thread(target=acknowledge)
+        acker.start()
+        assert locked.wait(10)
+        patcher = threading.Thread(target=patch)
+        patcher.start()
+        patcher.join(0.5)
+        assert patcher.is_alive()  # waiting for the command, holding nothing of the twin
+        go.set()
+        acker.join(15)
+        patcher.join(15)
+        assert errors == [] and patched == [2]
+    finally:
+        database.dispose()
