@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -184,8 +185,6 @@ def wrk_get(
     for its answer before the next request) for ``seconds``; requests/s and latency
     percentiles. A token of ``""`` sends no Authorization header. Raises if wrk is missing or
     any answer was not 2xx."""
-    import shutil
-
     if shutil.which("wrk") is None:
         raise RuntimeError("wrk is not installed: apt-get install wrk (or use --load httpx)")
     targets = ",".join(f'{{"{path}","{bearer}"}}' for path, bearer in path_tokens)

@@ -15,7 +15,9 @@ How a resource route declares its auth::
 ``require`` takes the ``battery_id`` path parameter, answers 401 without a valid access token,
 404 for a battery that does not exist, 403 when the policy says no (``cloud.security.policy``),
 and writes the audit row of a restricted read (committed before the route runs). Routes without
-a battery (``/api/v1/batteries``) take ``CurrentPrincipal``.
+a battery (``/api/v1/batteries``) take ``CurrentPrincipal``. A hot read route may call
+``authorize`` (what ``require`` runs) itself, in the session of its own read, to save a session
+and a threadpool hop per request (``GET .../twin`` does).
 """
 
 from __future__ import annotations
