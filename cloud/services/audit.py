@@ -63,10 +63,12 @@ def record_audit(
 def audit_now(db: Database, read_session: Session, **fields: Any) -> None:
     """Record one audit row (``record_audit``'s fields) committed when this returns: through
     ``read_session`` where reads commit each statement (PostgreSQL: one INSERT, no BEGIN or
-    COMMIT round trips), else in a write transaction of its own (SQLite)."""
+    COMMIT round trips), else in a write transaction of its own (SQLite), after ending the read
+    session's transaction (it goes on reading in a new one)."""
     if db.reads_autocommit:
         record_audit(read_session, **fields)
         return
+    read_session.rollback()  # end its read transaction first: one SQLite connection may serve both
     with db.write() as session:
         record_audit(session, **fields)
 

@@ -224,3 +224,23 @@ def test_twin_json_is_the_model_json_even_with_odd_keys(db: Database) -> None:
     assert json.loads(body) == json.loads(model.model_dump_json())
     assert json.loads(body)["delta"] == {"reporting_period_s": 5.0}
     assert json.loads(body)["reported"]["note"] == "a+00:00"  # values are never rewritten
+
+
+def test_audit_now_from_a_read_on_a_single_sqlite_connection() -> None:
+    """In-memory SQLite serves every session from one connection: the read session's
+    transaction ends before the audit's write transaction begins, and the read goes on."""
+    from cloud.db.base import Base
+
+    database = Database.from_url("sqlite://")
+    try:
+        Base.metadata.create_all(database.engine)
+        with database.read() as session:
+            assert _audit_count(session) == 0  # a read transaction is open on the connection
+            audit_now(database, session, actor="user:olga", action="read", at=T0)
+            assert _audit_count(session) == 1
+    finally:
+        database.dispose()
+
+
+def _audit_count(session: Any) -> int:
+    return int(session.scalar(select(func.count()).select_from(AuditEntry)) or 0)
