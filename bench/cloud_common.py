@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
-import os
 import shutil
 import subprocess
 import sys
@@ -22,28 +21,9 @@ from typing import Any
 
 import httpx
 
+from hil.b2l_process import b2l_argv
+from hil.b2l_process import throwaway_cloud_env as cloud_env
 from hil.services import LOOPBACK, find_free_port, wait_for_port
-
-
-def b2l_argv(*args: str) -> list[str]:
-    """``b2l ARGS`` with this interpreter."""
-    return [sys.executable, "-m", "b2l.cli", *args]
-
-
-def cloud_env(database_url: str, **extra: str) -> dict[str, str]:
-    """The environment of a benchmarked cloud process: quiet logs, no ingestion rate limit."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("B2L_")}
-    env.update(
-        B2L_DATABASE_URL=database_url,
-        B2L_LOG_LEVEL="WARNING",
-        B2L_ACCESS_LOG="false",
-        B2L_INGEST_RATE_ROWS_PER_S="0",
-        B2L_ARGON2_TIME_COST="1",
-        B2L_ARGON2_MEMORY_KIB="1024",
-        B2L_ARGON2_PARALLELISM="1",
-    )
-    env.update(extra)
-    return env
 
 
 @contextmanager

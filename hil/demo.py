@@ -36,6 +36,7 @@ from sqlalchemy.engine import make_url
 
 from cloud.services.accounts import NewDevice
 from cloud.settings import CloudSettings
+from hil.b2l_process import b2l_argv
 from hil.pack_node import PackNodeSpec, write_private, write_spec
 from hil.provision import BatterySpec, provision
 from hil.services import find_free_port
@@ -49,7 +50,6 @@ CHEMISTRIES = ("nmc_lgm50", "lfp_a123")
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0
 PILLAR_NAMES = {"can": "2 (CAN)", "serial": "1 (serial)"}
-B2L = (sys.executable, "-m", "b2l.cli")
 
 
 @dataclass(frozen=True)
@@ -121,17 +121,7 @@ def run_demo(
         restore = _stop_on_signals(stop)
         stack.callback(restore)
         cloud = _start(
-            [
-                sys.executable,
-                "-m",
-                "b2l.cli",
-                "cloud",
-                "serve",
-                "--host",
-                HOST,
-                "--port",
-                str(port),
-            ],
+            b2l_argv("cloud", "serve", "--host", HOST, "--port", str(port)),
             data_dir / "logs" / "cloud.log",
             env={"B2L_DATABASE_URL": database_url, "B2L_MODE": "development"},
         )

@@ -277,19 +277,9 @@ def create_grant(admin: AdminDep, body: GrantCreate, state: StateDep) -> GrantOu
         valid_until=body.valid_until,
         granted_by=admin.subject,
         now=now,
+        actor=admin,
     )
-    _audit(
-        state,
-        admin,
-        "grant.create",
-        now,
-        body.battery_id,
-        grant_id=grant_id,
-        user=body.user,
-        categories=sorted(body.categories),
-    )
-    stored = accounts.list_grants(state.db, user_name=body.user)
-    return grant_out(next(g for g in stored if g.grant_id == grant_id))
+    return grant_out(accounts.list_grants(state.db, grant_id=grant_id)[0])
 
 
 @router.get("/admin/grants", response_model=list[GrantOut], responses=ADMIN_RESPONSES)
@@ -318,9 +308,7 @@ def delete_grant(
     state: StateDep,
 ) -> Response:
     """Withdraw a grant: the access ends at once."""
-    now = state.clock()
-    accounts.revoke_grant(state.db, grant_id)
-    _audit(state, admin, "grant.delete", now, grant_id=grant_id)
+    accounts.revoke_grant(state.db, grant_id, actor=admin, now=state.clock())
     return Response(status_code=204)
 
 

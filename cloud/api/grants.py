@@ -19,7 +19,6 @@ from cloud.api.errors import AUTH_RESPONSES, ErrorBody
 from cloud.security.errors import PermissionDeniedError
 from cloud.security.policy import Principal, Role
 from cloud.services import accounts
-from cloud.services.audit import record_audit
 from cloud.services.batteries import battery_parties
 from twin.base import BATTERY_ID_PATTERN
 
@@ -60,18 +59,6 @@ def owner_of_battery(
 OwnerDep = Annotated[Principal, Depends(owner_of_battery)]
 
 
-def _audit(state: StateDep, actor: Principal, action: str, battery_id: str, **detail: Any) -> None:
-    with state.db.write() as session:
-        record_audit(
-            session,
-            actor=actor,
-            action=action,
-            battery_id=battery_id,
-            detail=detail,
-            at=state.clock(),
-        )
-
-
 @router.post(
     "/batteries/{battery_id}/grants",
     response_model=GrantOut,
@@ -92,18 +79,9 @@ def create_battery_grant(
         valid_until=body.valid_until,
         granted_by=owner.subject,
         now=now,
+        actor=owner,
     )
-    _audit(
-        state,
-        owner,
-        "grant.create",
-        battery_id,
-        grant_id=grant_id,
-        user=body.user,
-        categories=sorted(body.categories),
-    )
-    stored = accounts.list_grants(state.db, user_name=body.user, battery_id=battery_id)
-    return grant_out(next(g for g in stored if g.grant_id == grant_id))
+    return grant_out(accounts.list_grants(state.db, grant_id=grant_id)[0])
 
 
 @router.get(
@@ -130,6 +108,5 @@ def delete_battery_grant(
     state: StateDep,
 ) -> Response:
     """Withdraw a grant on this battery: the access ends at once."""
-    accounts.revoke_grant(state.db, grant_id, battery_id=battery_id)
-    _audit(state, owner, "grant.delete", battery_id, grant_id=grant_id)
+    accounts.revoke_grant(state.db, grant_id, battery_id=battery_id, actor=owner, now=state.clock())
     return Response(status_code=204)

@@ -33,6 +33,7 @@ from cloud.security.passwords import (
 )
 from cloud.security.policy import DATA_CATEGORIES, Category, Grant, Principal, Role
 from cloud.security.tokens import TokenType, issue_token, verify_token
+from cloud.services.audit import record_audit
 from twin.base import BATTERY_ID_PATTERN
 from twin.errors import TwinValidationError
 
@@ -255,8 +256,10 @@ def grant_access(
     valid_until: datetime | None,
     granted_by: str,
     now: datetime,
+    actor: Principal | None = None,
 ) -> int:
-    """Give ``user_name`` access to ``battery_id`` (None: all) for ``categories``; the grant id."""
+    """Give ``user_name`` access to ``battery_id`` (None: all) for ``categories``; the grant id.
+    With ``actor``, its ``grant.create`` audit row is written in the same transaction."""
     parsed = sorted({_parse_category(c) for c in categories})
     if not parsed:
         raise TwinValidationError("a grant needs at least one category")
@@ -279,6 +282,19 @@ def grant_access(
         )
         session.add(grant)
         session.flush()
+        if actor is not None:
+            record_audit(
+                session,
+                actor=actor,
+                action="grant.create",
+                battery_id=battery_id,
+                detail={
+                    "grant_id": grant.grant_id,
+                    "user": user_name,
+                    "categories": [c.value for c in parsed],
+                },
+                at=now,
+            )
         return grant.grant_id
 
 
@@ -368,10 +384,11 @@ def list_grants(
     *,
     user_name: str | None = None,
     battery_id: str | None = None,
+    grant_id: int | None = None,
     limit: int = 1000,
 ) -> list[GrantRecord]:
-    """Grants by id, filtered by user and by battery (a battery's list includes the grants
-    on all batteries)."""
+    """Grants by id, filtered by user, by battery (a battery's list includes the grants on
+    all batteries) and by id."""
     query = (
         select(AccessGrant, User.name)
         .join(User, User.user_id == AccessGrant.user_id)
@@ -384,6 +401,8 @@ def list_grants(
         query = query.where(
             (AccessGrant.battery_id == battery_id) | AccessGrant.battery_id.is_(None)
         )
+    if grant_id is not None:
+        query = query.where(AccessGrant.grant_id == grant_id)
     with db.read() as session:
         return [
             GrantRecord(
@@ -400,9 +419,17 @@ def list_grants(
         ]
 
 
-def revoke_grant(db: Database, grant_id: int, *, battery_id: str | None = None) -> None:
+def revoke_grant(
+    db: Database,
+    grant_id: int,
+    *,
+    battery_id: str | None = None,
+    actor: Principal | None = None,
+    now: datetime | None = None,
+) -> None:
     """Delete a grant (access ends at once); NotFoundError if there is none with this id (on
-    ``battery_id`` alone, when given: an owner withdraws only grants on its battery)."""
+    ``battery_id`` alone, when given: an owner withdraws only grants on its battery). With
+    ``actor``, its ``grant.delete`` audit row is written in the same transaction."""
     query = delete(AccessGrant).where(AccessGrant.grant_id == grant_id)
     if battery_id is not None:
         query = query.where(AccessGrant.battery_id == battery_id)
@@ -410,6 +437,15 @@ def revoke_grant(db: Database, grant_id: int, *, battery_id: str | None = None) 
         result = session.execute(query)
         if result.rowcount == 0:  # type: ignore[attr-defined]
             raise NotFoundError(f"no grant {grant_id}")
+        if actor is not None:
+            record_audit(
+                session,
+                actor=actor,
+                action="grant.delete",
+                battery_id=battery_id,
+                detail={"grant_id": grant_id},
+                at=now,
+            )
 
 
 def list_devices(

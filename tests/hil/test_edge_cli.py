@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,13 +19,11 @@ from pathlib import Path
 import pytest
 from edge_support import CloudServer
 
+from hil.b2l_process import b2l_argv
+
 pytestmark = pytest.mark.hil
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def b2l(*args: str) -> list[str]:
-    return [sys.executable, "-m", "b2l.cli", *args]
 
 
 def env() -> dict[str, str]:
@@ -38,7 +35,7 @@ def env() -> dict[str, str]:
 @pytest.fixture
 def simulator() -> Iterator[str]:
     proc = subprocess.Popen(
-        b2l(
+        b2l_argv(
             "sim",
             "pack",
             "--serial",
@@ -113,7 +110,7 @@ format = "json"
 
 def status(config: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        b2l("edge", "status", "--config", str(config), *extra),
+        b2l_argv("edge", "status", "--config", str(config), *extra),
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -130,7 +127,7 @@ def test_edge_run_feeds_the_cloud_until_sigterm_and_status_reads_it(
     stderr_path = tmp_path / "edge.log"
     with stderr_path.open("w") as stderr:
         proc = subprocess.Popen(
-            b2l("edge", "run", "--config", str(config)),
+            b2l_argv("edge", "run", "--config", str(config)),
             stdout=subprocess.DEVNULL,
             stderr=stderr,
             cwd=ROOT,
@@ -177,7 +174,7 @@ def test_edge_check_names_the_bad_key(tmp_path: Path) -> None:
     bad = tmp_path / "edge.toml"
     bad.write_text('battery_id = "B-1"\n[topology]\ncells_per_module = 4\n[link]\nkind = "usb"\n')
     result = subprocess.run(
-        b2l("edge", "check", "--config", str(bad)),
+        b2l_argv("edge", "check", "--config", str(bad)),
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -187,7 +184,7 @@ def test_edge_check_names_the_bad_key(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "link: Input tag 'usb'" in result.stderr and "uplink: Field required" in result.stderr
     missing = subprocess.run(
-        b2l("edge", "status", "--status-file", str(tmp_path / "none.json")),
+        b2l_argv("edge", "status", "--status-file", str(tmp_path / "none.json")),
         capture_output=True,
         text=True,
         cwd=ROOT,

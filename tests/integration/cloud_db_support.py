@@ -23,6 +23,7 @@ from sqlalchemy import func, select
 from cloud.db.base import Base
 from cloud.db.engine import Database
 from cloud.db.migrate import upgrade
+from cloud.db.models import IngestedRecordRow
 from cloud.services.batteries import BatteryService
 from twin.cell_params import CellParameters, RcBranch
 from twin.topology import BatteryTopology
@@ -74,6 +75,18 @@ def count(db: Database, model: type[Base], battery_id: str | None = None) -> int
         query = query.where(table.c.battery_id == battery_id)
     with db.read() as session:
         return int(session.scalar(query) or 0)
+
+
+def stored_seqs(db: Database, battery_id: str = "B-1") -> list[int]:
+    """The seqs claimed for a battery (each stored record once), in order."""
+    with db.read() as session:
+        return list(
+            session.scalars(
+                select(IngestedRecordRow.seq)
+                .where(IngestedRecordRow.battery_id == battery_id)
+                .order_by(IngestedRecordRow.seq)
+            )
+        )
 
 
 def p1_cell(cell_id: int, seq: int, **overrides: Any) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from cloud_db_support import T0, count, telemetry
+from cloud_db_support import T0, count, database_url, telemetry
 from cloud_fixtures import CloudHarness, cloud_harness
 
 from cloud.db.models import CellPillar1Row, EisRow, EventRow, IngestedRecordRow
@@ -29,10 +29,7 @@ CELLS = range(4)  # the harness registers B-1 and B-2 with 4 cells
 @pytest.fixture(params=["sqlite", "postgresql"])
 def api(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[CloudHarness]:
     """The app with B-1, B-2, a device of each, an admin, and an operator granted B-1."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'cloud.db'}"
-    else:
-        url = request.getfixturevalue("pg_database").url
+    url = database_url(request.param, request, tmp_path)
     with cloud_harness(url) as harness:
         harness.add_user("root", "admin")
         harness.add_user("ops", "operator")

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from cloud_db_support import T0, p1_cell
+from cloud_db_support import T0, database_url, p1_cell
 from cloud_fixtures import PASSWORD, CloudHarness, cloud_harness
 from sqlalchemy import select
 
@@ -34,10 +34,7 @@ def api(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[CloudHarness]
     """B-1 and B-2 made by ``acme``; admin ``root``; ``acme`` (manufacturer), ``other``
     (manufacturer of nothing), ``repair`` (viewer with passport-restricted on B-1),
     ``ana`` (service with analytics on B-1)."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'cloud.db'}"
-    else:
-        url = request.getfixturevalue("pg_database").url
+    url = database_url(request.param, request, tmp_path)
     with cloud_harness(url) as harness:
         for name, role in (
             ("root", "admin"),

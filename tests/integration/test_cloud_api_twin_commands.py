@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from cloud_db_support import simple_cell, telemetry
+from cloud_db_support import database_url, simple_cell, telemetry
 from cloud_fixtures import CloudHarness, cloud_harness
 
 from cloud.services import twins as twins_service
@@ -27,10 +27,7 @@ PERIOD = {"payload": {"type": "reporting_period", "period_s": 5.0, "duration_s":
 def api(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[CloudHarness]:
     """B-1, B-2; admin ``root``; operator ``ops`` with telemetry + commands on B-1; viewer
     ``eve`` with telemetry on B-1 only."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'cloud.db'}"
-    else:
-        url = request.getfixturevalue("pg_database").url
+    url = database_url(request.param, request, tmp_path)
     with cloud_harness(url) as harness:
         harness.add_user("root", "admin")
         harness.add_user("ops", "operator")

@@ -17,6 +17,7 @@ from cloud_db_support import (
     count,
     migrated_database,
     register,
+    stored_seqs,
     telemetry,
     telemetry_batch,
 )
@@ -31,7 +32,6 @@ from cloud.db.models import (
     CommandAckRow,
     EisRow,
     EventRow,
-    IngestedRecordRow,
     PackRow,
 )
 from cloud.db.partitions import list_partitions
@@ -62,17 +62,6 @@ def ingestion(db: Database) -> IngestionService:
     return IngestionService(db, _settings(telemetry_partition_span="day"))
 
 
-def _stored_seqs(db: Database, battery_id: str = "B-1") -> list[int]:
-    with db.read() as session:
-        return list(
-            session.scalars(
-                select(IngestedRecordRow.seq)
-                .where(IngestedRecordRow.battery_id == battery_id)
-                .order_by(IngestedRecordRow.seq)
-            )
-        )
-
-
 def test_a_batch_is_stored_with_every_row(db: Database, ingestion: IngestionService) -> None:
     result = ingestion.ingest(telemetry_batch([1, 2, 3], pillar2=True))
     assert result.accepted == 3 and result.duplicates == 0
@@ -82,7 +71,7 @@ def test_a_batch_is_stored_with_every_row(db: Database, ingestion: IngestionServ
     assert count(db, CellPillar2Row) == 24
     assert count(db, CellEstimateRow) == 24
     assert count(db, PackRow) == 3
-    assert _stored_seqs(db) == [1, 2, 3]
+    assert stored_seqs(db) == [1, 2, 3]
     with db.read() as session:
         row = session.scalars(
             select(CellPillar1Row).where(CellPillar1Row.seq == 2, CellPillar1Row.cell_id == 5)
@@ -99,7 +88,7 @@ def test_a_bad_record_rejects_the_whole_batch(db: Database, ingestion: Ingestion
         "record seq 2: cell_id 9 is outside the battery's topology (0..7)",
         "record seq 3: cell_id 12 is outside the battery's topology (0..7)",
     ]
-    assert _stored_seqs(db) == []
+    assert stored_seqs(db) == []
     assert count(db, CellPillar1Row) == 0
 
 
@@ -114,7 +103,7 @@ def test_a_failure_inside_the_transaction_writes_nothing(
     monkeypatch.setattr(IngestionService, "_update_twin", explode)
     with pytest.raises(RuntimeError, match="disk on fire"):
         ingestion.ingest(telemetry_batch([1, 2]))
-    assert _stored_seqs(db) == []
+    assert stored_seqs(db) == []
     assert count(db, CellPillar1Row) == 0
     monkeypatch.undo()
     assert ingestion.ingest(telemetry_batch([1, 2])).accepted == 2  # the retry stores it
@@ -145,7 +134,7 @@ def test_a_retried_batch_is_stored_once(db: Database, ingestion: IngestionServic
     assert (again.accepted, again.duplicates, again.cell_rows) == (0, 3, 0)
     overlap = ingestion.ingest(telemetry_batch([3, 4, 5]))
     assert (overlap.accepted, overlap.duplicates) == (2, 1)
-    assert _stored_seqs(db) == [1, 2, 3, 4, 5]
+    assert stored_seqs(db) == [1, 2, 3, 4, 5]
     assert count(db, CellPillar1Row) == 5 * 8
     assert count(db, CellEstimateRow) == 5 * 8
 
@@ -177,7 +166,7 @@ def test_the_same_batch_from_two_threads_is_stored_once(db: Database) -> None:
     assert all(not isinstance(r, Exception) for r in results), results
     assert sorted(r.accepted for r in results) == [0, 40]
     assert sorted(r.duplicates for r in results) == [0, 40]
-    assert _stored_seqs(db) == list(range(1, 41))
+    assert stored_seqs(db) == list(range(1, 41))
     assert count(db, CellPillar1Row) == 40 * 8
     assert count(db, PackRow) == 40
 
@@ -189,7 +178,7 @@ def test_overlapping_batches_from_two_threads_store_each_seq_once(db: Database) 
     assert all(not isinstance(r, Exception) for r in results), results
     assert sum(r.accepted for r in results) == 50
     assert sum(r.duplicates for r in results) == 10
-    assert _stored_seqs(db) == list(range(1, 51))
+    assert stored_seqs(db) == list(range(1, 51))
     assert count(db, CellPillar1Row) == 50 * 8
     reported: dict[str, Any] = TwinService(db).get("B-1").reported
     assert reported["seq"] == 50
@@ -253,7 +242,7 @@ def test_an_older_batch_does_not_overwrite_newer_values(
     reported: dict[str, Any] = TwinService(db).get("B-1").reported
     assert reported["seq"] == 10
     assert reported["cells"]["0"]["voltage_v"] == 3.5
-    assert _stored_seqs(db) == [5, 10]
+    assert stored_seqs(db) == [5, 10]
 
 
 def test_eis_events_and_acks(db: Database, ingestion: IngestionService) -> None:
@@ -349,7 +338,7 @@ def test_nothing_committed_is_lost_across_a_postgresql_kill(
         server.restart()
         result = service.ingest(telemetry_batch(range(11, 41)))  # the client retries
         assert (result.accepted, result.duplicates) == (20, 10)
-        assert _stored_seqs(db) == list(range(1, 41))
+        assert stored_seqs(db) == list(range(1, 41))
         assert count(db, CellPillar1Row) == 40 * 8
         assert TwinService(db).get("B-1").reported["seq"] == 40
     finally:

@@ -6,9 +6,7 @@ complete."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,6 +22,7 @@ from cloud.db.engine import Database
 from cloud.db.migrate import upgrade
 from cloud.db.models import CellPillar1Row, IngestedRecordRow
 from cloud.services.batteries import BatteryService
+from hil.b2l_process import b2l_argv, throwaway_cloud_env
 from hil.services import LOOPBACK, MosquittoServer, find_free_port, wait_for_port
 from twin.topology import BatteryTopology
 
@@ -31,25 +30,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 N_CELLS = 16
 BATTERY = "K-1"
-
-
-def b2l_argv(*args: str) -> list[str]:
-    """``b2l ARGS`` with this interpreter."""
-    return [sys.executable, "-m", "b2l.cli", *args]
-
-
-def cloud_env(database_url: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("B2L_")}
-    env.update(
-        B2L_DATABASE_URL=database_url,
-        B2L_LOG_LEVEL="WARNING",
-        B2L_ACCESS_LOG="false",
-        B2L_ARGON2_TIME_COST="1",
-        B2L_ARGON2_MEMORY_KIB="1024",
-        B2L_ARGON2_PARALLELISM="1",
-        B2L_INGEST_RATE_ROWS_PER_S="0",
-    )
-    return env
 
 
 class CloudProcess:
@@ -131,7 +111,7 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> No
 def test_http_ingestion_survives_a_cloud_kill_9(
     database: Database, pg_database: Any, tmp_path: Path
 ) -> None:
-    env = cloud_env(pg_database.url)
+    env = throwaway_cloud_env(pg_database.url)
     created = subprocess.run(
         b2l_argv("cloud", "create-device", BATTERY, "--json"),
         env=env,
@@ -214,7 +194,7 @@ def test_the_mqtt_consumer_survives_a_kill_9(
     tmp_path: Path,
 ) -> None:
     broker = make_mosquitto_server()
-    env = cloud_env(pg_database.url)
+    env = throwaway_cloud_env(pg_database.url)
     env.update(
         B2L_MQTT_BATCH_MAX_WAIT_S="0.01",
         B2L_MQTT_DEAD_LETTER_DIR=str(tmp_path / "dead"),

@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cloud_db_support import BACKENDS, count, migrated_database, register, telemetry
+from cloud_db_support import BACKENDS, count, migrated_database, register, stored_seqs, telemetry
 from conftest import MqttTestClient
 from sqlalchemy import func, select
 
 from cloud.db.engine import Database
-from cloud.db.models import CellPillar1Row, CommandRow, IngestedRecordRow
+from cloud.db.models import CellPillar1Row, CommandRow
 from cloud.mqtt import CloudMqttService
 from cloud.mqtt.dead_letters import DeadLetterStore
 from cloud.services.commands import CommandService
@@ -72,17 +72,6 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float = 10.0, what: str
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what or predicate}")
         time.sleep(0.02)
-
-
-def stored_seqs(db: Database, battery_id: str) -> list[int]:
-    with db.read() as session:
-        return list(
-            session.scalars(
-                select(IngestedRecordRow.seq)
-                .where(IngestedRecordRow.battery_id == battery_id)
-                .order_by(IngestedRecordRow.seq)
-            )
-        )
 
 
 def cell_rows_per_seq(db: Database, battery_id: str) -> dict[int, int]:

@@ -23,6 +23,7 @@ import httpx
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from cloud_db_support import database_url
 from cloud_fixtures import PASSWORD, cloud_harness, cloud_settings
 from cryptography import x509
 from fastapi.testclient import TestClient
@@ -129,10 +130,7 @@ def _run(argv: list[str], stdin: str = "") -> int:
 @pytest.fixture(params=["sqlite", "postgresql"])
 def cli_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """An empty database on each backend."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'cli.db'}"
-    url: str = request.getfixturevalue("pg_database").url
-    return url
+    return database_url(request.param, request, tmp_path)
 
 
 def test_cli_migrate_users_devices_grants(cli_url: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from cloud_db_support import T0
+from cloud_db_support import T0, database_url
 from cloud_fixtures import CloudHarness, cloud_harness
 from sqlalchemy import select
 
@@ -26,10 +26,7 @@ TOPOLOGY = {"n_packs": 1, "modules_per_pack": 1, "cells_per_module": 4, "cells_i
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def cloud(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[CloudHarness]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'cloud.db'}"
-    else:
-        url = request.getfixturevalue("pg_database").url
+    url = database_url(request.param, request, tmp_path)
     with cloud_harness(url) as harness:
         harness.add_user("root", "admin")
         harness.add_user("olga", "operator")

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import cloud_db_support
 import jwt
 import pytest
 from cloud_fixtures import PASSWORD, CloudHarness, bearer, cloud_harness, cloud_settings
@@ -37,11 +38,7 @@ PATH_PARAM = re.compile(r"{([^}:]+)(?::[^}]+)?}")
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
     """A fresh database on each backend."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'cloud.db'}"
-    pg = request.getfixturevalue("pg_database")
-    url: str = pg.url
-    return url
+    return cloud_db_support.database_url(request.param, request, tmp_path)
 
 
 @pytest.fixture
