@@ -135,20 +135,24 @@ def _serve(args: argparse.Namespace) -> int:
         os.environ["B2L_DATABASE_URL"] = settings.database_url
         os.environ.pop("B2L_MQTT_URL", None)  # the MQTT side runs here, once
         target = "b2l.cloud_cmd:worker_app"
+    options: dict[str, Any] = {
+        "host": args.host,
+        "port": args.port,
+        "log_config": None,
+        "access_log": False,
+        "ssl_certfile": certfile,
+        "ssl_keyfile": keyfile,
+        "proxy_headers": False,
+    }
     tune_for_server()
     try:
-        uvicorn.run(
-            target,
-            factory=args.workers > 1,
-            workers=args.workers if args.workers > 1 else None,
-            host=args.host,
-            port=args.port,
-            log_config=None,
-            access_log=False,
-            ssl_certfile=certfile,
-            ssl_keyfile=keyfile,
-            proxy_headers=False,
-        )
+        if args.workers > 1:
+            from b2l.http_workers import serve_workers
+
+            config = uvicorn.Config(target, factory=True, workers=args.workers, **options)
+            serve_workers(config, args.host, args.port)
+        else:
+            uvicorn.run(target, **options)
     finally:
         if mqtt_service is not None:
             mqtt_service.stop()
@@ -223,7 +227,7 @@ def _mqtt(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    db = Database.from_url(settings.database_url)
+    db = Database.from_url(settings.database_url, pool_size=settings.database_pool_size)
     try:
         service = CloudMqttService(settings, db, commands=not args.no_commands)
         tune_for_server()

@@ -51,7 +51,11 @@ def create_app(
     settings.check_secrets()
     security = SecurityContext.from_settings(settings)
     owns_db = database is None
-    db = database if database is not None else Database.from_url(settings.database_url)
+    db = (
+        database
+        if database is not None
+        else Database.from_url(settings.database_url, pool_size=settings.database_pool_size)
+    )
     state = AppState(
         settings=settings, db=db, security=security, metrics=CloudMetrics(), clock=clock
     )

@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from cloud.db.engine import DEFAULT_POOL_SIZE
 from twin.errors import ConfigError
 
 DEFAULT_DATABASE_URL = "sqlite:///./b2l-data/b2l.db"
@@ -27,6 +28,9 @@ class CloudSettings(BaseSettings):
     mode: Literal["development", "production"] = "development"
     database_url: str = DEFAULT_DATABASE_URL
     """SQLAlchemy URL: ``sqlite:///path`` (embedded default) or ``postgresql+psycopg://...``."""
+    database_pool_size: int = Field(default=DEFAULT_POOL_SIZE, ge=1, le=500)
+    """PostgreSQL connections each process keeps open (as many again for bursts); size it to
+    the requests one process serves at once, or each burst pays for new connections."""
     jwt_secret: SecretStr = SecretStr(DEV_SECRET)
     """HMAC key of the current signing key id (``jwt_key_id``)."""
     jwt_key_id: str = "k1"

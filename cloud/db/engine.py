@@ -10,12 +10,19 @@ anyway, so the BEGIN and ROLLBACK round trips would buy nothing (each statement 
 consistent, committed state). ``reads_autocommit`` says so, for the rare caller that writes one
 independent row through a read session (``cloud.services.audit.audit_now``).
 
+A pooled PostgreSQL connection is checked at checkout without a round trip: if its socket has
+something to read while it sits idle, the server has closed it (restart, crash, idle timeout) and
+the pool opens a new one (``_drop_closed_connection``). A connection that breaks in use raises a
+disconnect error, which invalidates the pool's older connections too. ``pool_size`` connections
+stay open; up to as many again are opened for bursts and closed when returned.
+
 SQLite connections run with WAL, ``foreign_keys=ON``, ``synchronous=NORMAL`` (a committed
 transaction survives a process crash) and a busy timeout; the database file's folder is created.
 """
 
 from __future__ import annotations
 
+import select
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,11 +30,13 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 from twin.errors import ConfigError
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+DEFAULT_POOL_SIZE = 20
 _BEGIN_OPTION = "b2l_sqlite_begin"
 
 
@@ -48,18 +57,29 @@ def normalise_url(url: str | URL) -> URL:
     return parsed
 
 
-def make_engine(url: str | URL, *, echo: bool = False, pool_size: int = 5) -> Engine:
-    """An engine for ``url`` (PostgreSQL or SQLite) with b2l's connection settings."""
+def make_engine(
+    url: str | URL, *, echo: bool = False, pool_size: int = DEFAULT_POOL_SIZE
+) -> Engine:
+    """An engine for ``url`` (PostgreSQL or SQLite) with b2l's connection settings;
+    ``pool_size``: PostgreSQL connections kept open (as many again for bursts)."""
     parsed = normalise_url(url)
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(parsed, echo=echo)
-    return create_engine(
-        parsed,
-        echo=echo,
-        pool_pre_ping=True,
-        pool_size=pool_size,
-        max_overflow=2 * pool_size,
-    )
+    engine = create_engine(parsed, echo=echo, pool_size=pool_size, max_overflow=pool_size)
+    event.listen(engine, "checkout", _drop_closed_connection)
+    return engine
+
+
+def _drop_closed_connection(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+    """Refuse a pooled connection the server has closed: an idle connection's socket has
+    nothing to read unless the server hung up (or sent its last words before it did).
+    Cheaper than a ping (no round trip); the pool then opens a fresh connection."""
+    if dbapi_connection.closed:
+        raise DisconnectionError("the connection is closed")
+    poller = select.poll()  # not select.select: descriptors past 1024
+    poller.register(dbapi_connection.fileno(), select.POLLIN)
+    if poller.poll(0):
+        raise DisconnectionError("the server closed the connection")
 
 
 def _sqlite_engine(url: URL, *, echo: bool) -> Engine:

@@ -27,7 +27,7 @@ from cloud_db_support import database_url
 from cloud_fixtures import PASSWORD, cloud_harness, cloud_settings
 from cryptography import x509
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from b2l import cloud_cmd
 from cloud.app import create_app
@@ -76,6 +76,28 @@ def test_readyz_follows_a_postgresql_crash(
         assert client.get("/healthz").status_code == 200  # alive, not ready
         server.restart()
         assert _wait_status(client, "/readyz", 200, READY_TIMEOUT_S) == 200
+
+
+def test_a_pooled_connection_the_server_closed_is_replaced_at_checkout(pg_database: Any) -> None:
+    """No ping per checkout: a connection whose socket has something to read while idle was
+    closed by the server, and the pool opens a new one instead of failing the request."""
+    db = Database.from_url(pg_database.url, pool_size=1)
+    try:
+        with db.read() as session:
+            first_pid = session.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        admin = Database.from_url(pg_database.url)
+        try:
+            with admin.write() as session:
+                session.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": first_pid})
+        finally:
+            admin.dispose()
+        time.sleep(0.2)  # the terminated backend's goodbye reaches the pooled socket
+        for _ in range(3):
+            with db.read() as session:
+                pid = session.execute(text("SELECT pg_backend_pid()")).scalar_one()
+                assert pid != first_pid
+    finally:
+        db.dispose()
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
