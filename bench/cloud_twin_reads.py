@@ -2,7 +2,7 @@
 with ``GET /healthz`` (no auth, no database) measured in the same run as the baseline.
 
 Run on demand (not in the test suite):
-    .venv/bin/python bench/cloud_twin_reads.py [--seconds 10] [--clients 4] [--batteries 20]
+    .venv/bin/python bench/cloud_twin_reads.py [--seconds 10] [--clients 8] [--batteries 20]
         [--workers 2] [--load wrk|httpx] [--json]
 
 A throwaway PostgreSQL (fsync off) with ``--batteries`` 16-cell batteries whose twins hold
@@ -159,7 +159,7 @@ def seed(url: str, args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--batteries", type=int, default=20)
     parser.add_argument(
         "--workers", type=int, default=2, help="b2l cloud serve --workers (one per core)"

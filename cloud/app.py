@@ -8,10 +8,13 @@ histogram by route template, one structured log line per request) and includes e
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import logging
+import os
 import re
+import secrets
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -24,16 +27,45 @@ from cloud.api import load_routers
 from cloud.api.deps import AppState
 from cloud.api.errors import install_error_handlers
 from cloud.clock import utc_now
-from cloud.db.engine import Database
+from cloud.db.changes import ChangeListener
+from cloud.db.engine import Database, driver_connect_options
 from cloud.db.migrate import head_revisions
 from cloud.metrics import CloudMetrics
 from cloud.security.context import SecurityContext
+from cloud.services.audit import AuditWriter
+from cloud.services.read_cache import ReadCache
 from cloud.settings import CloudSettings
 
 API_TITLE = "b2l cloud"
 API_VERSION = "1"
 access_log = logging.getLogger("cloud.access")
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
+
+
+@asynccontextmanager
+async def read_cache(state: AppState) -> AsyncIterator[None]:
+    """While the app runs on PostgreSQL: this process's read cache (``state.read_cache``),
+    kept true by its own commits and by the change listener, and the audit group commit
+    (``state.audit_writer``) of the reads it serves."""
+    db, entries = state.db, state.settings.read_cache_entries
+    if not db.is_postgresql or entries == 0:
+        yield
+        return
+    cache = ReadCache(entries)
+    listener = ChangeListener(db.engine, cache.changed, cache.set_live)
+    writer = AuditWriter(driver_connect_options(db.engine))
+    db.add_commit_listener(cache.changed)
+    listener.start()
+    state.read_cache, state.audit_writer = cache, writer
+    state.metrics.watch_read_cache(cache, writer)
+    try:
+        yield
+    finally:
+        state.read_cache = state.audit_writer = None
+        state.metrics.watch_read_cache(None, None)
+        await asyncio.to_thread(listener.stop)
+        await writer.close()
+        db.remove_commit_listener(cache.changed)
 
 
 def create_app(
@@ -64,7 +96,8 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         try:
-            yield
+            async with read_cache(state):
+                yield
         finally:
             if owns_db:
                 db.dispose()
@@ -128,11 +161,29 @@ class RequestMetricsMiddleware:
                 )
 
 
+_REQUEST_ID_PREFIX = secrets.token_hex(8)  # this process's; a fork draws its own (below)
+_request_numbers = itertools.count(1)
+
+
+def _new_request_id() -> str:
+    """``<process's random prefix>-<counter>``: unique across processes without a call to the
+    system's random source per request (uuid4 was 6 % of a twin read's CPU)."""
+    return f"{_REQUEST_ID_PREFIX}-{next(_request_numbers):x}"
+
+
+def _renew_request_id_prefix() -> None:
+    global _REQUEST_ID_PREFIX, _request_numbers
+    _REQUEST_ID_PREFIX, _request_numbers = secrets.token_hex(8), itertools.count(1)
+
+
+os.register_at_fork(after_in_child=_renew_request_id_prefix)
+
+
 def _request_id(scope: Scope) -> str:
     for name, value in scope.get("headers", ()):
         if name == b"x-request-id" and _REQUEST_ID.fullmatch(value):
             return str(value.decode("ascii"))
-    return uuid.uuid4().hex
+    return _new_request_id()
 
 
 def _log_fields(

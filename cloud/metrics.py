@@ -7,8 +7,13 @@ Prometheus server scrapes each process (or its load balancer target) and sums th
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS_S = (
     0.001,
@@ -45,6 +50,9 @@ class CloudMetrics:
       duration; ``mqtt_db_retries``: group commits retried after a database error (not acked).
     - ``mqtt_commands`` (label ``outcome``: published | delivered | failed): commands sent to
       the edge over MQTT.
+    - while a read cache runs (``watch_read_cache``): ``b2l_read_cache_lookups_total`` (label
+      ``result``: hit | miss), ``b2l_read_cache_live`` (1 while changes are heard), and the
+      audit group commit's ``b2l_audit_group_commits_total`` and ``b2l_audit_group_rows_total``.
     """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
@@ -104,6 +112,45 @@ class CloudMetrics:
             registry=self.registry,
         )
 
+        self.read_cache: Any = None
+        self.audit_writer: Any = None
+        self.registry.register(_ReadCacheCollector(self))
+
+    def watch_read_cache(self, cache: Any, writer: Any) -> None:
+        """Expose the counts of a ``ReadCache`` and an ``AuditWriter`` (None, None: stop)."""
+        self.read_cache, self.audit_writer = cache, writer
+
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
         return generate_latest(self.registry)
+
+
+class _ReadCacheCollector(Collector):
+    """Reads the read cache's and the audit writer's counts at each scrape."""
+
+    def __init__(self, metrics: CloudMetrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        cache, writer = self._metrics.read_cache, self._metrics.audit_writer
+        if cache is not None:
+            lookups = CounterMetricFamily(
+                "b2l_read_cache_lookups", "Read cache lookups by result.", labels=["result"]
+            )
+            lookups.add_metric(["hit"], cache.hits)
+            lookups.add_metric(["miss"], cache.misses)
+            yield lookups
+            yield GaugeMetricFamily(
+                "b2l_read_cache_live",
+                "1 while the read cache hears of changes (else it serves nothing).",
+                value=1 if cache.live else 0,
+            )
+        if writer is not None:
+            yield CounterMetricFamily(
+                "b2l_audit_group_commits",
+                "Statements of the audit group commit.",
+                value=writer.batches,
+            )
+            yield CounterMetricFamily(
+                "b2l_audit_group_rows", "Audit rows written by the group commit.", value=writer.rows
+            )

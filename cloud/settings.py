@@ -31,6 +31,9 @@ class CloudSettings(BaseSettings):
     database_pool_size: int = Field(default=DEFAULT_POOL_SIZE, ge=1, le=500)
     """PostgreSQL connections each process keeps open (as many again for bursts); size it to
     the requests one process serves at once, or each burst pays for new connections."""
+    read_cache_entries: int = Field(default=4_096, ge=0, le=1_000_000)
+    """PostgreSQL: access facts and twins each HTTP process keeps (``cloud.services.read_cache``,
+    dropped on change notifications); 0 turns the cache off."""
     jwt_secret: SecretStr = SecretStr(DEV_SECRET)
     """HMAC key of the current signing key id (``jwt_key_id``)."""
     jwt_key_id: str = "k1"

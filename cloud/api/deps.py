@@ -51,8 +51,9 @@ from cloud.security.policy import (
 )
 from cloud.security.tokens import TokenType, verify_token
 from cloud.services.accounts import AccessFacts, access_facts
-from cloud.services.audit import audit_now
+from cloud.services.audit import AuditWriter, audit_now
 from cloud.services.ingestion import IngestionService
+from cloud.services.read_cache import ReadCache
 from cloud.settings import CloudSettings
 from twin.base import BATTERY_ID_PATTERN
 from twin.passport import AccessTier
@@ -71,7 +72,11 @@ class AppState:
     clock: Callable[[], datetime] = utc_now
     monotonic_s: Callable[[], float] = time.monotonic
     extras: dict[str, object] = field(default_factory=dict)
-    """Room for services that live as long as the app (an MQTT consumer, caches...)."""
+    """Room for services that live as long as the app (an MQTT consumer...)."""
+    read_cache: ReadCache | None = None
+    """Access facts and twins of this process (PostgreSQL, while the app runs)."""
+    audit_writer: AuditWriter | None = None
+    """Group commit of the audit rows of cached reads (with ``read_cache``)."""
 
 
 async def get_state(request: Request) -> AppState:
@@ -214,6 +219,102 @@ BatteryIdPath = Annotated[
 _TOKEN_ONLY = AccessFacts(manufacturer=None, owner=None, grants=())
 
 
+def cached_access_facts(
+    state: AppState, principal: Principal, battery_id: str
+) -> AccessFacts | None:
+    """The caller's access facts on a battery without reading the database: from the token
+    alone for a device on its own battery (its rights follow from its token), else from the
+    process's read cache; None when they must be read (``access_facts_of``)."""
+    if principal.is_device and principal.battery_id == battery_id:
+        return _TOKEN_ONLY
+    cache = state.read_cache
+    return None if cache is None else cache.access_facts(battery_id, _grants_of(principal))
+
+
+def _grants_of(principal: Principal) -> str | None:
+    """Whose grants matter: a user's own; admins and devices need none."""
+    return principal.subject if principal.role not in (Role.ADMIN, Role.DEVICE) else None
+
+
+def access_facts_of(
+    state: AppState, session: Session, principal: Principal, battery_id: str
+) -> AccessFacts:
+    """``cached_access_facts``, else read through ``session`` (and cached): NotFoundError for
+    an unknown battery."""
+    facts = cached_access_facts(state, principal, battery_id)
+    if facts is not None:
+        return facts
+    cache, user_name = state.read_cache, _grants_of(principal)
+    stamp = None if cache is None else cache.stamp(battery_id)
+    facts = access_facts(session, battery_id, user_name)
+    if cache is not None and stamp is not None:
+        cache.put_access_facts(stamp, battery_id, user_name, facts)
+    return facts
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """What the policy says about one request, and the audit row it calls for (if any)."""
+
+    access: Access
+    allowed: bool
+    reason: str
+    audit: dict[str, object] | None
+
+    def access_or_refuse(self) -> Access:
+        """The access, or PermissionDeniedError (after the audit row is written)."""
+        if not self.allowed:
+            raise PermissionDeniedError(self.reason)
+        return self.access
+
+
+def judge(
+    state: AppState,
+    principal: Principal,
+    battery_id: str,
+    category: Category,
+    action: Action,
+    facts: AccessFacts,
+    request: Request,
+) -> Judgement:
+    """The policy's decision on ``facts``, and whether it must be audited: every restricted
+    read, and every refusal of restricted data or of a write."""
+    now = state.clock()
+    decision = decide(
+        principal, battery_id, category, action, now, facts.grants, facts.manufacturer, facts.owner
+    )
+    audited = needs_audit(principal, battery_id, category, action) or (
+        not decision and (action is Action.WRITE or category in RESTRICTED_CATEGORIES)
+    )
+    audit: dict[str, object] | None = None
+    if audited:
+        audit = {
+            "actor": principal,
+            "action": action.value,
+            "outcome": "allowed" if decision else "denied",
+            "battery_id": battery_id,
+            "category": category.value,
+            "detail": {
+                "method": request.method,
+                "path": request.url.path,
+                "query": request.url.query,
+                "reason": decision.reason,
+            },
+            "at": now,
+        }
+    access = Access(
+        principal=principal,
+        battery_id=battery_id,
+        category=category,
+        action=action,
+        now=now,
+        grants=facts.grants,
+        manufacturer=facts.manufacturer,
+        owner=facts.owner,
+    )
+    return Judgement(access, bool(decision), decision.reason, audit)
+
+
 def authorize(
     state: AppState,
     session: Session,
@@ -224,51 +325,14 @@ def authorize(
     request: Request,
 ) -> Access:
     """The caller's access to ``category`` of a battery, decided on what ``session`` (a read
-    session) reads: NotFoundError for an unknown battery, PermissionDeniedError when the policy
-    refuses. A device on its own battery (the one its token names, registered when the device
-    was made) is decided without a read. A restricted read, and a refusal of restricted data,
-    is audited and committed before this returns."""
-    now = state.clock()
-    if principal.is_device and principal.battery_id == battery_id:
-        facts = _TOKEN_ONLY  # on its own battery a device's rights follow from its token
-    else:
-        needs_grants = principal.role not in (Role.ADMIN, Role.DEVICE)
-        facts = access_facts(session, battery_id, principal.subject if needs_grants else None)
-    decision = decide(
-        principal, battery_id, category, action, now, facts.grants, facts.manufacturer, facts.owner
-    )
-    audited = needs_audit(principal, battery_id, category, action) or (
-        not decision and (action is Action.WRITE or category in RESTRICTED_CATEGORIES)
-    )
-    if audited:
-        audit_now(
-            state.db,
-            session,
-            actor=principal,
-            action=action.value,
-            outcome="allowed" if decision else "denied",
-            battery_id=battery_id,
-            category=category.value,
-            detail={
-                "method": request.method,
-                "path": request.url.path,
-                "query": request.url.query,
-                "reason": decision.reason,
-            },
-            at=now,
-        )
-    if not decision:
-        raise PermissionDeniedError(decision.reason)
-    return Access(
-        principal=principal,
-        battery_id=battery_id,
-        category=category,
-        action=action,
-        now=now,
-        grants=facts.grants,
-        manufacturer=facts.manufacturer,
-        owner=facts.owner,
-    )
+    session) reads, or on cached facts (``access_facts_of``): NotFoundError for an unknown
+    battery, PermissionDeniedError when the policy refuses. A restricted read, and a refusal of
+    restricted data, is audited and committed before this returns."""
+    facts = access_facts_of(state, session, principal, battery_id)
+    judgement = judge(state, principal, battery_id, category, action, facts, request)
+    if judgement.audit is not None:
+        audit_now(state.db, session, **judgement.audit)
+    return judgement.access_or_refuse()
 
 
 def require(category: Category, action: Action = Action.READ) -> Callable[..., Access]:

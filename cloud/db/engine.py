@@ -33,6 +33,7 @@ from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
+from cloud.db.changes import ChangeCallback, take_changes
 from twin.errors import ConfigError
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -68,6 +69,13 @@ def make_engine(
     engine = create_engine(parsed, echo=echo, pool_size=pool_size, max_overflow=pool_size)
     event.listen(engine, "checkout", _drop_closed_connection)
     return engine
+
+
+def driver_connect_options(engine: Engine) -> dict[str, Any]:
+    """The keyword arguments of ``psycopg.connect`` for a connection of its own to the
+    engine's database (outside the pool: a listener, the audit writer)."""
+    _, options = engine.dialect.create_connect_args(engine.url)
+    return dict(options)
 
 
 def _drop_closed_connection(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
@@ -131,6 +139,7 @@ class Database:
         self._writer = make_session_factory(
             engine.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"})
         )
+        self._commit_listeners: list[ChangeCallback] = []
         if self.is_postgresql:
             self._reader = make_session_factory(
                 engine.execution_options(isolation_level="AUTOCOMMIT")
@@ -162,9 +171,23 @@ class Database:
 
     @contextmanager
     def write(self) -> Iterator[Session]:
-        """A transaction that commits at the end of the block, or rolls back on any error."""
-        with self._writer() as session, session.begin():
-            yield session
+        """A transaction that commits at the end of the block, or rolls back on any error.
+        What it noted as changed (``cloud.db.changes.note_changed``) goes to the commit
+        listeners once committed."""
+        with self._writer() as session:
+            with session.begin():
+                yield session
+            changes = take_changes(session)
+        if changes is not None:
+            for listener in self._commit_listeners:
+                listener(changes)
+
+    def add_commit_listener(self, listener: ChangeCallback) -> None:
+        """Call ``listener`` with what each committed write transaction noted as changed."""
+        self._commit_listeners.append(listener)
+
+    def remove_commit_listener(self, listener: ChangeCallback) -> None:
+        self._commit_listeners.remove(listener)
 
     def dispose(self) -> None:
         """Close every pooled connection."""

@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from cloud.db.base import table_of
+from cloud.db.changes import note_changed
 from cloud.db.engine import Database
 from cloud.db.models import BatteryRow
 from cloud.db.security_models import AccessGrant, Device, RefreshToken, User
@@ -282,6 +283,7 @@ def grant_access(
         )
         session.add(grant)
         session.flush()
+        note_changed(session, access=True)
         if actor is not None:
             record_audit(
                 session,
@@ -427,9 +429,11 @@ def revoke_grant(
     actor: Principal | None = None,
     now: datetime | None = None,
 ) -> None:
-    """Delete a grant (access ends at once); NotFoundError if there is none with this id (on
-    ``battery_id`` alone, when given: an owner withdraws only grants on its battery). With
-    ``actor``, its ``grant.delete`` audit row is written in the same transaction."""
+    """Delete a grant; NotFoundError if there is none with this id (on ``battery_id`` alone,
+    when given: an owner withdraws only grants on its battery). With ``actor``, its
+    ``grant.delete`` audit row is written in the same transaction. Access ends at once: this
+    process's caches drop it at the commit, the other processes' when PostgreSQL tells them
+    (within milliseconds)."""
     query = delete(AccessGrant).where(AccessGrant.grant_id == grant_id)
     if battery_id is not None:
         query = query.where(AccessGrant.battery_id == battery_id)
@@ -437,6 +441,7 @@ def revoke_grant(
         result = session.execute(query)
         if result.rowcount == 0:  # type: ignore[attr-defined]
             raise NotFoundError(f"no grant {grant_id}")
+        note_changed(session, access=True)
         if actor is not None:
             record_audit(
                 session,

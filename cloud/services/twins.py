@@ -22,11 +22,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Text, bindparam, cast, select, update
+from sqlalchemy import Text, bindparam, cast, select, text, update
 from sqlalchemy.orm import Session
 
 from cloud.clock import resolve_now
 from cloud.db.base import table_of
+from cloud.db.changes import note_changed
 from cloud.db.engine import Database
 from cloud.db.models import CommandRow, TwinRow
 from cloud.errors import ConcurrentUpdateError, NotFoundError
@@ -125,6 +126,7 @@ def store_reported(session: Session, sides: Mapping[str, ReportedSide], now: dat
     """Write reported sides back (rows locked by ``lock_reported``), in one executemany."""
     if not sides:
         return
+    note_changed(session, twins=sides.keys())
     session.execute(
         _STORE_REPORTED,
         [
@@ -201,10 +203,21 @@ def desired_payloads(old: JsonObject, new: JsonObject) -> list[Any]:
     return payloads
 
 
+_DESIRED_PATCH_TURN = text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))")
+
+
 def lock_desired_commands(session: Session, battery_id: str) -> None:
     """Lock a battery's open desired-state commands (command-id order) before its twin row is
     written: the order ingestion takes them in (the commands an ack names, then the twin), so a
-    desired patch and an acknowledgement of a desired command never deadlock."""
+    desired patch and an acknowledgement of a desired command never deadlock.
+
+    On PostgreSQL the desired patches of one battery first take turns (a transaction-scoped
+    advisory lock per battery): only they add open desired commands, so the commands locked
+    here are all those the patch may cancel later. Without the turn, a patch committed in
+    between adds commands this one has not locked, and two patches could each hold what the
+    other waits for. SQLite runs one write transaction at a time anyway."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(_DESIRED_PATCH_TURN, {"key": f"b2l.desired:{battery_id}"})
     session.execute(
         select(CommandRow.command_id)
         .where(
@@ -324,4 +337,7 @@ class TwinService:
             )
             .execution_options(synchronize_session=False)
         )
-        return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+        won = bool(result.rowcount == 1)  # type: ignore[attr-defined]
+        if won:
+            note_changed(session, twins=[patched.battery_id])
+        return won

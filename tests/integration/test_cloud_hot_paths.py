@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -13,8 +14,9 @@ from typing import Any
 
 import pytest
 from cloud_db_support import BACKENDS, T0, migrated_database, register
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
+from cloud.db.changes import ChangeListener, Changes, note_changed
 from cloud.db.engine import Database
 from cloud.db.migrate import upgrade
 from cloud.db.models import TwinRow
@@ -244,3 +246,54 @@ def test_audit_now_from_a_read_on_a_single_sqlite_connection() -> None:
 
 def _audit_count(session: Any) -> int:
     return int(session.scalar(select(func.count()).select_from(AuditEntry)) or 0)
+
+
+# -- change notes -----------------------------------------------------------------------------
+
+
+def test_committed_changes_reach_the_commit_listeners_and_rolled_back_ones_do_not(
+    db: Database,
+) -> None:
+    heard: list[Changes] = []
+    db.add_commit_listener(heard.append)
+    try:
+        with pytest.raises(RuntimeError), db.write() as session:
+            note_changed(session, twins=["B-1"])
+            raise RuntimeError("rolled back")
+        assert heard == []
+        with db.write() as session:
+            note_changed(session, twins=["B-2", "B-1"])
+            note_changed(session, access=True)
+        with db.write() as session:
+            pass  # noted nothing: nothing heard
+    finally:
+        db.remove_commit_listener(heard.append)
+    assert heard == [Changes(twins=frozenset({"B-1", "B-2"}), access=True)]
+
+
+@pytest.mark.parametrize("db", ["postgresql"], indirect=True)
+def test_postgresql_tells_listeners_of_committed_changes_only(db: Database) -> None:
+    heard: list[Changes] = []
+    live = threading.Event()
+    listener = ChangeListener(db.engine, heard.append, lambda up: live.set() if up else None)
+    listener.start()
+    try:
+        assert live.wait(10)
+        with pytest.raises(RuntimeError), db.write() as session:
+            note_changed(session, twins=["B-3"])
+            raise RuntimeError("rolled back: no notification")
+        with db.write() as session:
+            note_changed(session, twins=["B-1", "B-2"])
+        _grant_by_sql(db)  # the trigger on grants
+        deadline = time.monotonic() + 10
+        while len(heard) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        listener.stop()
+    assert heard == [Changes(twins=frozenset({"B-1", "B-2"})), Changes(access=True)]
+
+
+def _grant_by_sql(db: Database) -> None:
+    _user(db, "gus")
+    with db.write() as session:
+        session.execute(text("UPDATE grants SET categories = categories"))  # no rows: still told

@@ -363,3 +363,13 @@ def test_cli_serve_migrates_and_serves_https(tmp_path: Path) -> None:
         ("/readyz", 200),
         ("/api/v1/batteries", 401),
     ]
+
+
+def test_each_response_names_its_request(tmp_path: Path) -> None:
+    with cloud_harness(f"sqlite:///{tmp_path / 'ids.db'}", register=False) as harness:
+        ids = [harness.client.get("/healthz").headers["x-request-id"] for _ in range(3)]
+        given = harness.client.get("/healthz", headers={"X-Request-ID": "edge-42.a:b"})
+        refused = harness.client.get("/healthz", headers={"X-Request-ID": "bad id;x"})
+    assert len(set(ids)) == 3 and all(len(i) >= 18 for i in ids)
+    assert given.headers["x-request-id"] == "edge-42.a:b"  # the caller's, kept
+    assert refused.headers["x-request-id"] not in ("bad id;x", *ids)  # not echoed: a new one
