@@ -59,7 +59,25 @@ def cloud_server(database_url: str, workers: int = 1, **env: str) -> Iterator[st
             wait_for_port(LOOPBACK, port, 60)
         except TimeoutError:
             raise RuntimeError(f"b2l cloud serve did not start (exit {proc.poll()})") from None
-        yield f"http://{LOOPBACK}:{port}"
+        base_url = f"http://{LOOPBACK}:{port}"
+        wait_for_workers(base_url, workers, 60)
+        yield base_url
+
+
+def wait_for_workers(base_url: str, workers: int, timeout_s: float) -> None:
+    """Poll ``/healthz`` on new connections until ``workers`` processes answered (told apart
+    by the per-process prefix of their ``x-request-id``): a load started earlier would open
+    every connection on the workers that listen already."""
+    deadline = time.monotonic() + timeout_s
+    seen: set[str] = set()
+    while len(seen) < workers:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {len(seen)} of {workers} workers answered")
+        try:
+            response = httpx.get(f"{base_url}/healthz", timeout=5)
+            seen.add(response.headers["x-request-id"].rpartition("-")[0])
+        except httpx.TransportError:
+            time.sleep(0.05)
 
 
 def create_device(database_url: str, battery_id: str) -> dict[str, str]:

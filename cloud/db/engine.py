@@ -79,15 +79,20 @@ def driver_connect_options(engine: Engine) -> dict[str, Any]:
 
 
 def _drop_closed_connection(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
-    """Refuse a pooled connection the server has closed: an idle connection's socket has
-    nothing to read unless the server hung up (or sent its last words before it did).
-    Cheaper than a ping (no round trip); the pool then opens a fresh connection."""
+    """Refuse a pooled connection the server has closed (``closed_by_server``); cheaper than a
+    ping (no round trip). The pool then opens a fresh connection."""
+    if closed_by_server(dbapi_connection):
+        raise DisconnectionError("the server closed the connection")
+
+
+def closed_by_server(dbapi_connection: Any) -> bool:
+    """Whether an idle psycopg connection is closed: an idle connection's socket has nothing
+    to read unless the server hung up (or sent its last words before it did)."""
     if dbapi_connection.closed:
-        raise DisconnectionError("the connection is closed")
+        return True
     poller = select.poll()  # not select.select: descriptors past 1024
     poller.register(dbapi_connection.fileno(), select.POLLIN)
-    if poller.poll(0):
-        raise DisconnectionError("the server closed the connection")
+    return bool(poller.poll(0))
 
 
 def _sqlite_engine(url: URL, *, echo: bool) -> Engine:

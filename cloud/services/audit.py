@@ -19,7 +19,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from cloud.db.base import table_of
-from cloud.db.engine import Database
+from cloud.db.engine import Database, closed_by_server
 from cloud.db.security_models import AuditEntry
 from cloud.security.policy import Principal
 
@@ -185,6 +185,8 @@ class AuditWriter:
     async def _insert(self, rows: list[dict[str, Any]]) -> None:
         import psycopg
 
+        if self._connection is not None and closed_by_server(self._connection):
+            await self._connection.close()  # the server restarted meanwhile: not a failure
         if self._connection is None or self._connection.closed:
             self._connection = await psycopg.AsyncConnection.connect(
                 autocommit=True, **self._connect_options

@@ -237,3 +237,48 @@ def test_the_audit_writer_fails_only_the_rows_the_database_refuses(
     assert audit_rows(other_process) == before + 12 + 11
     with pytest.raises(RuntimeError, match="closed"):
         asyncio.run(writer.record(actor="user:late", action="read"))
+
+
+def test_the_audit_writer_reconnects_after_the_server_dropped_its_connection(
+    harness: CloudHarness, other_process: Database
+) -> None:
+    headers = harness.headers("olga")
+    for _ in range(2):  # the second read is a hit: the writer holds its connection
+        assert harness.client.get(TWIN.format("B-1"), headers=headers).status_code == 200
+    with other_process.write() as session:
+        dropped = session.execute(
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE query LIKE 'INSERT INTO audit_log%' AND datname = current_database()"
+            )
+        ).all()
+    assert dropped == [(True,)]
+    time.sleep(0.2)  # the server's goodbye reaches the writer's socket
+    rows = audit_rows(other_process)
+    assert harness.client.get(TWIN.format("B-1"), headers=headers).status_code == 200
+    assert audit_rows(other_process) == rows + 1
+
+
+def test_the_change_triggers_migrate_down_and_up(pg_database: Any) -> None:
+    from alembic import command
+
+    from cloud.db.migrate import alembic_config, upgrade
+
+    def triggers() -> set[str]:
+        with pg_database.engine.connect() as connection:
+            return set(
+                connection.scalars(
+                    text("SELECT tgname FROM pg_trigger WHERE tgname LIKE '%access_changed'")
+                )
+            )
+
+    upgrade(pg_database.url)
+    assert triggers() == {
+        "grants_access_changed",
+        "batteries_access_changed",
+        "users_access_changed",
+    }
+    command.downgrade(alembic_config(pg_database.url), "0003_battery_owner")
+    assert triggers() == set()
+    upgrade(pg_database.url)
+    assert len(triggers()) == 3
