@@ -51,9 +51,9 @@ async def read_cache(state: AppState) -> AsyncIterator[None]:
     if not db.is_postgresql or entries == 0:
         yield
         return
-    cache = ReadCache(entries)
-    listener = ChangeListener(db.engine, cache.changed, cache.set_live)
-    writer = AuditWriter(driver_connect_options(db.engine))
+    cache, options = ReadCache(entries), driver_connect_options(db.engine)
+    listener = ChangeListener(options, cache.changed, cache.set_live)
+    writer = AuditWriter(options)
     db.add_commit_listener(cache.changed)
     listener.start()
     state.read_cache, state.audit_writer = cache, writer

@@ -8,12 +8,16 @@ Prometheus server scrapes each process (or its load balancer target) and sums th
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:  # the services import this module
+    from cloud.services.audit import AuditWriter
+    from cloud.services.read_cache import ReadCache
 
 LATENCY_BUCKETS_S = (
     0.001,
@@ -112,11 +116,11 @@ class CloudMetrics:
             registry=self.registry,
         )
 
-        self.read_cache: Any = None
-        self.audit_writer: Any = None
+        self.read_cache: ReadCache | None = None
+        self.audit_writer: AuditWriter | None = None
         self.registry.register(_ReadCacheCollector(self))
 
-    def watch_read_cache(self, cache: Any, writer: Any) -> None:
+    def watch_read_cache(self, cache: ReadCache | None, writer: AuditWriter | None) -> None:
         """Expose the counts of a ``ReadCache`` and an ``AuditWriter`` (None, None: stop)."""
         self.read_cache, self.audit_writer = cache, writer
 

@@ -51,7 +51,7 @@ from cloud.security.policy import (
 )
 from cloud.security.tokens import TokenType, verify_token
 from cloud.services.accounts import AccessFacts, access_facts
-from cloud.services.audit import AuditWriter, audit_now
+from cloud.services.audit import AuditFields, AuditWriter, audit_now
 from cloud.services.ingestion import IngestionService
 from cloud.services.read_cache import ReadCache
 from cloud.settings import CloudSettings
@@ -245,10 +245,11 @@ def access_facts_of(
     if facts is not None:
         return facts
     cache, user_name = state.read_cache, _grants_of(principal)
-    stamp = None if cache is None else cache.stamp(battery_id)
+    if cache is None:
+        return access_facts(session, battery_id, user_name)
+    stamp = cache.stamp(battery_id)
     facts = access_facts(session, battery_id, user_name)
-    if cache is not None and stamp is not None:
-        cache.put_access_facts(stamp, battery_id, user_name, facts)
+    cache.put_access_facts(stamp, battery_id, user_name, facts)
     return facts
 
 
@@ -259,7 +260,7 @@ class Judgement:
     access: Access
     allowed: bool
     reason: str
-    audit: dict[str, object] | None
+    audit: AuditFields | None
 
     def access_or_refuse(self) -> Access:
         """The access, or PermissionDeniedError (after the audit row is written)."""
@@ -286,7 +287,7 @@ def judge(
     audited = needs_audit(principal, battery_id, category, action) or (
         not decision and (action is Action.WRITE or category in RESTRICTED_CATEGORIES)
     )
-    audit: dict[str, object] | None = None
+    audit: AuditFields | None = None
     if audited:
         audit = {
             "actor": principal,

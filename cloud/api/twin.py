@@ -134,10 +134,11 @@ def _read_twin(
     with state.db.read() as session:
         authorize(state, session, principal, battery_id, Category.TELEMETRY, Action.READ, request)
         cache = state.read_cache
-        stamp = None if cache is None else cache.stamp(battery_id)
+        if cache is None:
+            return twin_json(session, battery_id)
+        stamp = cache.stamp(battery_id)
         twin = twin_json(session, battery_id)
-        if cache is not None and stamp is not None:
-            cache.put_twin(stamp, battery_id, twin)
+        cache.put_twin(stamp, battery_id, twin)
         return twin
 
 

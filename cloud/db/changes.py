@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, text
+import psycopg
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 CHANNEL = "b2l_changes"
@@ -97,29 +98,34 @@ def parse_payload(payload: str) -> Changes | None:
 
 
 class ChangeListener:
-    """A thread that LISTENs on ``CHANNEL`` over a connection of its own and passes each change
-    to ``on_change``. ``on_live(True)`` once it listens (after every reconnection), and
+    """A thread that LISTENs on ``CHANNEL`` over a connection of its own (``psycopg.connect``
+    keyword arguments: ``cloud.db.engine.driver_connect_options``) and passes each change to
+    ``on_change``. ``on_live(True)`` once it listens (after every reconnection), and
     ``on_live(False)`` as soon as the connection is lost: a cache must not trust itself while
     notifications may be missed. Reconnects every ``retry_s`` until ``stop()``."""
 
     def __init__(
         self,
-        engine: Engine,
+        connect_options: Mapping[str, Any],
         on_change: ChangeCallback,
         on_live: Callable[[bool], None],
         *,
         retry_s: float = 1.0,
         poll_s: float = 0.1,
     ) -> None:
-        self._engine = engine
+        self._connect_options = {  # a dead peer is noticed within seconds even without traffic
+            "keepalives": 1,
+            "keepalives_idle": 5,
+            "keepalives_interval": 2,
+            "keepalives_count": 3,
+            **connect_options,
+        }
         self._on_change = on_change
         self._on_live = on_live
         self._retry_s = retry_s
         self._poll_s = poll_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="b2l-change-listener", daemon=True)
-        self.backend_pid: int | None = None
-        """The listening connection's server process (tests terminate it)."""
 
     def start(self) -> None:
         self._thread.start()
@@ -128,26 +134,11 @@ class ChangeListener:
         self._stop.set()
         self._thread.join(timeout_s)
 
-    def _connect(self) -> Any:
-        import psycopg
-
-        from cloud.db.engine import driver_connect_options  # engine imports this module
-
-        options = {  # a dead peer is noticed within seconds even without traffic
-            "keepalives": 1,
-            "keepalives_idle": 5,
-            "keepalives_interval": 2,
-            "keepalives_count": 3,
-            **driver_connect_options(self._engine),
-        }
-        return psycopg.connect(autocommit=True, **options)
-
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                with self._connect() as connection:
+                with psycopg.connect(autocommit=True, **self._connect_options) as connection:
                     connection.execute(f"LISTEN {CHANNEL}")
-                    self.backend_pid = connection.info.backend_pid
                     self._on_live(True)
                     while not self._stop.is_set():
                         for notification in connection.notifies(timeout=self._poll_s):

@@ -11,6 +11,7 @@ import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import bindparam, delete, select, true, update
 from sqlalchemy.exc import IntegrityError
@@ -283,20 +284,12 @@ def grant_access(
         )
         session.add(grant)
         session.flush()
-        note_changed(session, access=True)
-        if actor is not None:
-            record_audit(
-                session,
-                actor=actor,
-                action="grant.create",
-                battery_id=battery_id,
-                detail={
-                    "grant_id": grant.grant_id,
-                    "user": user_name,
-                    "categories": [c.value for c in parsed],
-                },
-                at=now,
-            )
+        detail = {
+            "grant_id": grant.grant_id,
+            "user": user_name,
+            "categories": [c.value for c in parsed],
+        }
+        _access_changed(session, actor, "grant.create", battery_id, detail, now)
         return grant.grant_id
 
 
@@ -441,16 +434,24 @@ def revoke_grant(
         result = session.execute(query)
         if result.rowcount == 0:  # type: ignore[attr-defined]
             raise NotFoundError(f"no grant {grant_id}")
-        note_changed(session, access=True)
-        if actor is not None:
-            record_audit(
-                session,
-                actor=actor,
-                action="grant.delete",
-                battery_id=battery_id,
-                detail={"grant_id": grant_id},
-                at=now,
-            )
+        _access_changed(session, actor, "grant.delete", battery_id, {"grant_id": grant_id}, now)
+
+
+def _access_changed(
+    session: Session,
+    actor: Principal | None,
+    action: str,
+    battery_id: str | None,
+    detail: dict[str, Any],
+    now: datetime | None,
+) -> None:
+    """Note a change of access facts for the read caches and, with ``actor``, audit it, in
+    the transaction that makes the change."""
+    note_changed(session, access=True)
+    if actor is not None:
+        record_audit(
+            session, actor=actor, action=action, battery_id=battery_id, detail=detail, at=now
+        )
 
 
 def list_devices(

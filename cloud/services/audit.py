@@ -15,6 +15,8 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Required, TypedDict, Unpack
 
+import psycopg
+from psycopg.types.json import Jsonb
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
@@ -69,7 +71,7 @@ def audit_row(**fields: Unpack[AuditFields]) -> dict[str, Any]:
     }
 
 
-def audit_now(db: Database, read_session: Session, **fields: Any) -> None:
+def audit_now(db: Database, read_session: Session, **fields: Unpack[AuditFields]) -> None:
     """Record one audit row (``record_audit``'s fields) committed when this returns: through
     ``read_session`` where reads commit each statement (PostgreSQL: one INSERT, no BEGIN or
     COMMIT round trips), else in a write transaction of its own (SQLite), after ending the read
@@ -82,20 +84,26 @@ def audit_now(db: Database, read_session: Session, **fields: Any) -> None:
         record_audit(session, **fields)
 
 
+_AUDIT_ARRAY_TYPES = {
+    "at": "timestamptz",
+    "actor": "text",
+    "action": "text",
+    "battery_id": "text",
+    "category": "text",
+    "detail": "jsonb",
+    "outcome": "text",
+}
 _INSERT_AUDIT_ROWS = (
-    "INSERT INTO audit_log (at, actor, action, battery_id, category, detail, outcome) "
-    "SELECT * FROM unnest(%(at)b::timestamptz[], %(actor)b::text[], %(action)b::text[], "
-    "%(battery_id)b::text[], %(category)b::text[], %(detail)b::jsonb[], %(outcome)b::text[])"
+    f"INSERT INTO audit_log ({', '.join(_AUDIT_ARRAY_TYPES)}) SELECT * FROM unnest("
+    + ", ".join(f"%({column})b::{kind}[]" for column, kind in _AUDIT_ARRAY_TYPES.items())
+    + ")"
 )
 """PostgreSQL: many audit rows in one statement of fixed text (one array per column, sent in
 binary: a third of the cost of text arrays to build)."""
-_AUDIT_COLUMNS = ("at", "actor", "action", "battery_id", "category", "detail", "outcome")
 
 
 def _as_arrays(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
-    from psycopg.types.json import Jsonb
-
-    arrays = {column: [row[column] for row in rows] for column in _AUDIT_COLUMNS}
+    arrays = {column: [row[column] for row in rows] for column in _AUDIT_ARRAY_TYPES}
     arrays["detail"] = [Jsonb(detail) for detail in arrays["detail"]]
     return arrays
 
@@ -130,7 +138,7 @@ class AuditWriter:
         except RuntimeError:
             return False
 
-    async def record(self, **fields: Any) -> None:
+    async def record(self, **fields: Unpack[AuditFields]) -> None:
         """Write one row (``record_audit``'s fields) with whatever else is waiting."""
         if self._closed:
             raise RuntimeError("the audit writer is closed")
@@ -183,8 +191,6 @@ class AuditWriter:
             _settle(future, None)
 
     async def _insert(self, rows: list[dict[str, Any]]) -> None:
-        import psycopg
-
         if self._connection is not None and closed_by_server(self._connection):
             await self._connection.close()  # the server restarted meanwhile: not a failure
         if self._connection is None or self._connection.closed:

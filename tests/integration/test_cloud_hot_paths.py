@@ -17,7 +17,7 @@ from cloud_db_support import BACKENDS, T0, migrated_database, register
 from sqlalchemy import func, select, text
 
 from cloud.db.changes import ChangeListener, Changes, note_changed
-from cloud.db.engine import Database
+from cloud.db.engine import Database, driver_connect_options
 from cloud.db.migrate import upgrade
 from cloud.db.models import TwinRow
 from cloud.db.security_models import AuditEntry
@@ -275,7 +275,9 @@ def test_committed_changes_reach_the_commit_listeners_and_rolled_back_ones_do_no
 def test_postgresql_tells_listeners_of_committed_changes_only(db: Database) -> None:
     heard: list[Changes] = []
     live = threading.Event()
-    listener = ChangeListener(db.engine, heard.append, lambda up: live.set() if up else None)
+    listener = ChangeListener(
+        driver_connect_options(db.engine), heard.append, lambda up: live.set() if up else None
+    )
     listener.start()
     try:
         assert live.wait(10)
