@@ -2,7 +2,8 @@
 
 Run on demand (not in the test suite):
     .venv/bin/python bench/cloud_mqtt_ingestion.py [--messages 20000] [--batteries 100]
-        [--cells 16] [--publishers 2] [--estimates] [--mirror] [--json]
+        [--cells 16] [--publishers 2] [--consumers 1] [--estimates] [--mirror]
+        [--phases drain,live,floor] [--set B2L_NAME=VALUE ...] [--json]
 
 A throwaway PostgreSQL (fsync off) and a throwaway Mosquitto (``max_queued_messages 0``) on
 loopback; ``--batteries`` batteries registered. The consumer is ``b2l cloud mqtt`` in its own
@@ -16,6 +17,10 @@ process (persistent session, shared subscription, group commits, PUBACK after co
   from the first to the last commit (``ingested_records.received_at``), so start-up is not in.
 * **live**: publishers and consumer run at once (all on the same 2 cores); the rate is from the
   first to the last commit as well.
+* **floor**: the drain again, with ``--consumers`` bare paho clients in place of ``b2l cloud
+  mqtt`` (the same MQTT 5 persistent session, shared subscription and manual PUBACKs, but each
+  message acknowledged on arrival and nothing decoded or stored): what paho and this broker
+  deliver on this machine, the baseline the drain is compared with (``ratio_drain_to_floor``).
 
 Target (SPEC section 8): >= 10k messages/s at QoS 1. Prints one JSON object with ``--json``.
 """
@@ -35,17 +40,22 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from cloud_common import b2l_argv, cloud_env, cloud_process, run_clients
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 from sqlalchemy import text
 
 from cloud.db.engine import Database
 from cloud.db.migrate import upgrade
 from cloud.services.batteries import BatteryService
+from cloud.settings import CloudSettings
 from hil.services import MosquittoServer, PostgresServer
 from twin.cell_params import load_builtin
 from twin.topology import BatteryTopology
 
 T0 = datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
 CLIENT_ID = "bench-consumer"
+FLOOR_GROUP = "bench-floor"
 
 
 def message(battery: int, seq: int, n_cells: int, estimates: bool) -> bytes:
@@ -97,6 +107,64 @@ def publisher(
     return {"published": acked[0], "elapsed_s": elapsed}
 
 
+def bare_consumer(
+    barrier: Barrier, host: str, port: int, client_id: str, drain: bool
+) -> dict[str, Any]:
+    """A paho client that only PUBACKs: subscribes (persistent session) and leaves, or drains
+    its session until no message came for a second. Times are wall-clock (compared across
+    processes): ``first``/``last`` message received."""
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5, manual_ack=True
+    )
+    properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    properties.SessionExpiryInterval = 3600
+    properties.ReceiveMaximum = CloudSettings.model_fields["mqtt_receive_maximum"].default
+    seen: list[float] = []  # [count, first, last]
+
+    def on_message(c: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        c.ack(msg.mid, msg.qos)
+        now = time.time()
+        if not seen:
+            seen.extend((0, now, now))
+        seen[0] += 1
+        seen[2] = now
+
+    client.on_message = on_message
+    client.connect(host, port, clean_start=False, properties=properties)
+    client.subscribe([(f"$share/{FLOOR_GROUP}/b2l/v1/+/telemetry", SubscribeOptions(qos=1))])
+    client.loop_start()
+    barrier.wait(timeout=300)
+    time.sleep(1.0)
+    while drain and (not seen or time.time() - seen[2] < 1.0):
+        time.sleep(0.1)
+    client.disconnect()
+    client.loop_stop()
+    return (
+        {"received": int(seen[0]), "first": seen[1], "last": seen[2]} if seen else {"received": 0}
+    )
+
+
+def run_floor(args: argparse.Namespace) -> dict[str, Any]:
+    """The drain with bare paho consumers (see the module docstring)."""
+    work = [(i % args.batteries, i // args.batteries + 1) for i in range(args.messages)]
+    lanes = [[w for w in work if w[0] % args.publishers == p] for p in range(args.publishers)]
+    with MosquittoServer(extra_config="max_queued_messages 0") as broker:
+        consumers = [(broker.host, broker.port, f"bench-floor-{k}") for k in range(args.consumers)]
+        run_clients(bare_consumer, [(*c, False) for c in consumers])  # the sessions
+        jobs = [(broker.host, broker.port, lane, args.cells, args.estimates) for lane in lanes]
+        results, wall = run_clients(publisher, jobs)
+        drained, _ = run_clients(bare_consumer, [(*c, True) for c in consumers])
+    got = [d for d in drained if d["received"]]
+    total = sum(d["received"] for d in got)
+    span_s = max(d["last"] for d in got) - min(d["first"] for d in got) if got else 0.0
+    return {
+        "messages": args.messages,
+        "published_per_s": sum(r["published"] for r in results) / wall,
+        "received": total,
+        "consumer_messages_per_s": (total - len(got)) / span_s if span_s > 0 else None,
+    }
+
+
 def commit_span(db: Database) -> tuple[int, int, float]:
     """(stored, stored in the first commit, seconds from the first to the last commit)."""
     with db.read() as session:
@@ -132,7 +200,7 @@ def run_phase(name: str, server: PostgresServer, args: argparse.Namespace) -> di
     work = [(i % args.batteries, i // args.batteries + 1) for i in range(args.messages)]
     lanes = [[w for w in work if w[0] % args.publishers == p] for p in range(args.publishers)]
     with MosquittoServer(extra_config="max_queued_messages 0") as broker:
-        env = cloud_env(url)
+        env = cloud_env(url, **dict(args.set))
         consumers = args.consumers
         argvs = [
             b2l_argv(
@@ -174,6 +242,10 @@ def run_phase(name: str, server: PostgresServer, args: argparse.Namespace) -> di
                     running.enter_context(cloud_process(consumer_argv, env))
                 wait_stored(db, args.messages, 600)
         total, first, span_s = commit_span(db)
+        with db.read() as session:
+            commits = session.execute(
+                text("SELECT count(DISTINCT received_at) FROM ingested_records")
+            ).scalar_one()
     db.dispose()
     timed = total - first
     return {
@@ -182,7 +254,15 @@ def run_phase(name: str, server: PostgresServer, args: argparse.Namespace) -> di
         "stored": total,
         "consumer_messages_per_s": timed / span_s if span_s > 0 else None,
         "consumer_cell_rows_per_s": timed * args.cells / span_s if span_s > 0 else None,
+        "messages_per_commit": total / commits if commits else None,
     }
+
+
+def _setting(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.startswith("B2L_"):
+        raise argparse.ArgumentTypeError(f"expected B2L_NAME=VALUE, not {text!r}")
+    return name, value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -199,7 +279,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--estimates", action="store_true", help="add the edge's estimates")
     parser.add_argument("--mirror", action="store_true", help="register with a cell model")
-    parser.add_argument("--phases", default="drain,live", help="drain, live or both")
+    parser.add_argument("--phases", default="drain,live,floor", help="drain, live, floor")
+    parser.add_argument(
+        "--set",
+        type=_setting,
+        action="append",
+        default=[],
+        metavar="B2L_NAME=VALUE",
+        help="a setting of the consumer processes (e.g. B2L_MQTT_BATCH_MAX_MESSAGES=1000)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     result: dict[str, Any] = {
@@ -207,11 +295,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "cells": args.cells,
         "estimates": args.estimates,
         "mirror": args.mirror,
+        "consumers": args.consumers,
+        "settings": dict(args.set),
         "cpus": os.cpu_count(),
     }
     with PostgresServer(fsync=False) as server:
         for phase in args.phases.split(","):
-            result[phase] = run_phase(phase, server, args)
+            result[phase] = run_floor(args) if phase == "floor" else run_phase(phase, server, args)
+    if "drain" in result and "floor" in result and result["floor"]["consumer_messages_per_s"]:
+        result["ratio_drain_to_floor"] = (
+            result["drain"]["consumer_messages_per_s"] / result["floor"]["consumer_messages_per_s"]
+        )
     if args.json:
         print(json.dumps(result))
     else:

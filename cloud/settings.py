@@ -58,10 +58,12 @@ class CloudSettings(BaseSettings):
     """How long the broker keeps this process's session (and queues its share) while it is
     away; 0: the session ends with the connection."""
     mqtt_keepalive_s: int = Field(default=30, ge=5, le=65_535)
-    mqtt_receive_maximum: int = Field(default=4_000, ge=1, le=65_535)
-    """Unacknowledged messages the broker may have in flight to this process (MQTT 5)."""
-    mqtt_batch_max_messages: int = Field(default=1_000, ge=1)
-    """A group commit takes at most this many messages ..."""
+    mqtt_receive_maximum: int = Field(default=12_000, ge=1, le=65_535)
+    """Unacknowledged messages the broker may have in flight to this process (MQTT 5); keep it
+    at least twice ``mqtt_batch_max_messages`` (a group is decoded while the last commits)."""
+    mqtt_batch_max_messages: int = Field(default=4_000, ge=1)
+    """A group commit takes at most this many messages (each battery's twin is written once
+    per group: bigger groups, fewer twin writes per message) ..."""
     mqtt_batch_max_wait_s: float = Field(default=0.05, ge=0.0, le=10.0)
     """... or what arrived within this long after the first one."""
     mqtt_dead_letter_dir: str | None = "./b2l-data/mqtt-dead-letters"

@@ -8,7 +8,9 @@ stored in the order the broker delivered them):
 1. the **decoder** takes up to ``max_messages`` messages, or what arrived within ``max_wait_s``
    of the first, and decodes each: the topic ``b2l/v1/{battery_id}/{channel}``, gzip when the
    payload starts with the gzip magic (the edge's ``compress``), the ``UplinkBatch`` JSON, and
-   the topic's battery against the batch's;
+   the topic's battery against the batch's. It runs one group ahead of the committer and then
+   waits for it, so what arrives meanwhile makes the next group: groups grow with the load
+   (a slow commit is followed by a big one, which writes each battery's twin once);
 2. the **committer** checks each batch against its battery (registered, cells in the
    topology), stores the good ones in ONE transaction (``IngestionService.ingest_checked``),
    writes the bad ones to the dead letters, and only then acknowledges every message of the
@@ -186,7 +188,7 @@ class MqttConsumer:
         self.commits = 0
         self.retries = 0
         self._inbox: queue.SimpleQueue[Inbound] = queue.SimpleQueue()
-        self._groups: queue.Queue[_Group | None] = queue.Queue(maxsize=2)
+        self._groups: queue.Queue[_Group | None] = queue.Queue(maxsize=1)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
