@@ -16,7 +16,8 @@ the pool opens a new one (``_drop_closed_connection``). A connection that breaks
 disconnect error, which invalidates the pool's older connections too. ``pool_size`` connections
 stay open; up to as many again are opened for bursts and closed when returned.
 
-SQLite connections run with WAL, ``foreign_keys=ON``, ``synchronous=NORMAL`` (a committed
+JSON columns are encoded and decoded with ``cloud.db.json_codec`` (orjson). SQLite connections
+run with WAL, ``foreign_keys=ON``, ``synchronous=NORMAL`` (a committed
 transaction survives a process crash) and a busy timeout; the database file's folder is created.
 """
 
@@ -33,6 +34,7 @@ from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
+from cloud.db import json_codec
 from cloud.db.changes import ChangeCallback, take_changes
 from twin.errors import ConfigError
 
@@ -66,7 +68,14 @@ def make_engine(
     parsed = normalise_url(url)
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(parsed, echo=echo)
-    engine = create_engine(parsed, echo=echo, pool_size=pool_size, max_overflow=pool_size)
+    engine = create_engine(
+        parsed,
+        echo=echo,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        json_serializer=json_codec.dumps,
+        json_deserializer=json_codec.loads,
+    )
     event.listen(engine, "checkout", _drop_closed_connection)
     return engine
 
@@ -100,7 +109,11 @@ def _sqlite_engine(url: URL, *, echo: bool) -> Engine:
     in_memory = database in ("", ":memory:") or database.startswith("file::memory:")
     if not in_memory:
         Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    kwargs: dict[str, Any] = {"echo": echo}
+    kwargs: dict[str, Any] = {
+        "echo": echo,
+        "json_serializer": json_codec.dumps_text,
+        "json_deserializer": json_codec.loads,
+    }
     if in_memory:
         from sqlalchemy.pool import StaticPool
 
