@@ -321,6 +321,7 @@ class MqttConsumer:
         """Check, then store the good batches in one transaction (isolating data errors)."""
         dead: list[_Dead] = []
         ok: list[tuple[Inbound, CheckedBatch]] = []
+        self.ingestion.prefetch(batch.battery_id for _, batch in group.good)
         for message, batch in group.good:
             try:
                 ok.append((message, self.ingestion.check(batch)))

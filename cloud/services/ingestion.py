@@ -33,6 +33,7 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, ValidationError
+from sqlalchemy import select
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
@@ -330,6 +331,20 @@ class IngestionService:
             self.partitions.ensure(cell_times)
             return self._store(prepared, now)
 
+    def prefetch(self, battery_ids: Iterable[str]) -> None:
+        """Read the batteries among ``battery_ids`` not cached yet, in one query (a consumer
+        meeting a fleet after its start would otherwise read them one by one)."""
+        missing = sorted({b for b in battery_ids if b not in self._batteries})
+        for start in range(0, len(missing), _SQLITE_CHUNK):
+            chunk = missing[start : start + _SQLITE_CHUNK]
+            with self.db.read() as session:
+                rows = session.execute(
+                    select(BatteryRow.battery_id, BatteryRow.topology, BatteryRow.cell_parameters)
+                    .where(BatteryRow.battery_id.in_(chunk))
+                ).all()
+            for battery_id, topology, parameters in rows:
+                self._keep(battery_id, topology, parameters)
+
     def _battery(self, battery_id: str) -> _Battery:
         cached = self._batteries.get(battery_id)
         if cached is not None:
@@ -338,10 +353,15 @@ class IngestionService:
             row = session.get(BatteryRow, battery_id)
             if row is None:
                 raise NotFoundError(f"battery {battery_id!r} is not registered")
-            topology = BatteryTopology.model_validate(row.topology)
-            parameters = row.cell_parameters
+            topology, parameters = row.topology, row.cell_parameters
+        return self._keep(battery_id, topology, parameters)
+
+    def _keep(
+        self, battery_id: str, topology: dict[str, Any], parameters: dict[str, Any] | None
+    ) -> _Battery:
+        """Cache a battery read from the database (its topology and cell model)."""
         estimator = None if parameters is None else self.mirror.estimator(parameters)
-        battery = _Battery(topology, estimator, parameters)
+        battery = _Battery(BatteryTopology.model_validate(topology), estimator, parameters)
         with self._lock:
             if len(self._batteries) >= _MAX_CACHED_BATTERIES:
                 self._batteries.clear()

@@ -21,7 +21,7 @@ from cloud_db_support import (
     telemetry,
     telemetry_batch,
 )
-from sqlalchemy import select, text
+from sqlalchemy import event, select, text
 
 from cloud.db.engine import Database
 from cloud.db.migrate import upgrade
@@ -125,6 +125,32 @@ def test_unknown_battery_and_wrong_device(ingestion: IngestionService) -> None:
         ingestion.ingest(telemetry_batch([1], battery_id="nope"))
     with pytest.raises(WrongBatteryError):
         ingestion.ingest(telemetry_batch([1]), device_battery_id="B-2")
+
+
+def test_prefetch_reads_the_batteries_it_lacks_in_one_query(
+    db: Database, ingestion: IngestionService
+) -> None:
+    """A consumer meeting a fleet reads the batteries of a group at once, not one by one."""
+    for n in range(2, 6):
+        register(db, f"B-{n}")
+    statements: list[str] = []
+
+    def seen(*args: Any) -> None:
+        statements.append(args[2])
+
+    event.listen(db.engine, "before_cursor_execute", seen)
+    try:
+        ingestion.prefetch([f"B-{n}" for n in range(1, 6)] + ["nope", "B-1"])
+        batteries_read = [s for s in statements if "FROM batteries" in s]
+        assert len(batteries_read) == 1
+        statements.clear()
+        for n in range(1, 6):  # checked from the cache: no statement
+            ingestion.check(telemetry_batch([1], battery_id=f"B-{n}"))
+        assert statements == []
+    finally:
+        event.remove(db.engine, "before_cursor_execute", seen)
+    with pytest.raises(NotFoundError):  # an unknown battery is still refused
+        ingestion.check(telemetry_batch([1], battery_id="nope"))
 
 
 def test_a_retried_batch_is_stored_once(db: Database, ingestion: IngestionService) -> None:
