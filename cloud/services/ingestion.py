@@ -339,8 +339,9 @@ class IngestionService:
             chunk = missing[start : start + _SQLITE_CHUNK]
             with self.db.read() as session:
                 rows = session.execute(
-                    select(BatteryRow.battery_id, BatteryRow.topology, BatteryRow.cell_parameters)
-                    .where(BatteryRow.battery_id.in_(chunk))
+                    select(
+                        BatteryRow.battery_id, BatteryRow.topology, BatteryRow.cell_parameters
+                    ).where(BatteryRow.battery_id.in_(chunk))
                 ).all()
             for battery_id, topology, parameters in rows:
                 self._keep(battery_id, topology, parameters)
