@@ -107,8 +107,15 @@ def publisher(
     return {"published": acked[0], "elapsed_s": elapsed}
 
 
+def publisher_lanes(args: argparse.Namespace) -> list[list[tuple[int, int]]]:
+    """(battery, seq) of every message, batteries in turn, split over the publishers by
+    battery (so each battery's messages go out in seq order)."""
+    work = [(i % args.batteries, i // args.batteries + 1) for i in range(args.messages)]
+    return [[w for w in work if w[0] % args.publishers == p] for p in range(args.publishers)]
+
+
 def bare_consumer(
-    barrier: Barrier, host: str, port: int, client_id: str, drain: bool
+    barrier: Barrier, host: str, port: int, client_id: str, receive_maximum: int, drain: bool
 ) -> dict[str, Any]:
     """A paho client that only PUBACKs: subscribes (persistent session) and leaves, or drains
     its session until no message came for a second. Times are wall-clock (compared across
@@ -118,16 +125,15 @@ def bare_consumer(
     )
     properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     properties.SessionExpiryInterval = 3600
-    properties.ReceiveMaximum = CloudSettings.model_fields["mqtt_receive_maximum"].default
-    seen: list[float] = []  # [count, first, last]
+    properties.ReceiveMaximum = receive_maximum
+    seen: dict[str, Any] = {"received": 0, "first": None, "last": None}
 
     def on_message(c: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         c.ack(msg.mid, msg.qos)
         now = time.time()
-        if not seen:
-            seen.extend((0, now, now))
-        seen[0] += 1
-        seen[2] = now
+        seen["received"] += 1
+        seen["first"] = seen["first"] or now
+        seen["last"] = now
 
     client.on_message = on_message
     client.connect(host, port, clean_start=False, properties=properties)
@@ -135,21 +141,27 @@ def bare_consumer(
     client.loop_start()
     barrier.wait(timeout=300)
     time.sleep(1.0)
-    while drain and (not seen or time.time() - seen[2] < 1.0):
+    while drain and (seen["last"] is None or time.time() - seen["last"] < 1.0):
         time.sleep(0.1)
     client.disconnect()
     client.loop_stop()
-    return (
-        {"received": int(seen[0]), "first": seen[1], "last": seen[2]} if seen else {"received": 0}
-    )
+    return seen
 
 
 def run_floor(args: argparse.Namespace) -> dict[str, Any]:
     """The drain with bare paho consumers (see the module docstring)."""
-    work = [(i % args.batteries, i // args.batteries + 1) for i in range(args.messages)]
-    lanes = [[w for w in work if w[0] % args.publishers == p] for p in range(args.publishers)]
+    lanes = publisher_lanes(args)
     with MosquittoServer(extra_config="max_queued_messages 0") as broker:
-        consumers = [(broker.host, broker.port, f"bench-floor-{k}") for k in range(args.consumers)]
+        receive_maximum = int(  # as the consumers of the drain get it
+            dict(args.set).get(
+                "B2L_MQTT_RECEIVE_MAXIMUM",
+                CloudSettings.model_fields["mqtt_receive_maximum"].default,
+            )
+        )
+        consumers = [
+            (broker.host, broker.port, f"bench-floor-{k}", receive_maximum)
+            for k in range(args.consumers)
+        ]
         run_clients(bare_consumer, [(*c, False) for c in consumers])  # the sessions
         jobs = [(broker.host, broker.port, lane, args.cells, args.estimates) for lane in lanes]
         results, wall = run_clients(publisher, jobs)
@@ -197,8 +209,7 @@ def run_phase(name: str, server: PostgresServer, args: argparse.Namespace) -> di
         registry.register(
             f"mq-{b:04d}", BatteryTopology(cells_per_module=args.cells), cell_parameters=params
         )
-    work = [(i % args.batteries, i // args.batteries + 1) for i in range(args.messages)]
-    lanes = [[w for w in work if w[0] % args.publishers == p] for p in range(args.publishers)]
+    lanes = publisher_lanes(args)
     with MosquittoServer(extra_config="max_queued_messages 0") as broker:
         env = cloud_env(url, **dict(args.set))
         consumers = args.consumers

@@ -17,8 +17,8 @@ disconnect error, which invalidates the pool's older connections too. ``pool_siz
 stay open; up to as many again are opened for bursts and closed when returned.
 
 JSON columns are encoded and decoded with ``cloud.db.json_codec`` (orjson). SQLite connections
-run with WAL, ``foreign_keys=ON``, ``synchronous=NORMAL`` (a committed
-transaction survives a process crash) and a busy timeout; the database file's folder is created.
+run with WAL, ``foreign_keys=ON``, ``synchronous=NORMAL`` (a committed transaction survives a
+process crash) and a busy timeout; the database file's folder is created.
 """
 
 from __future__ import annotations

@@ -75,7 +75,9 @@ from twin.uplink import (
 REPORTED_EVENT_TYPE = "twin.reported"
 """An edge event whose ``data`` is merged into the twin's reported settings."""
 MAX_REASONS = 100
-_SQLITE_CHUNK = 500
+_CHUNK = 500
+"""Keys per statement where they are bound one parameter each (SQLite bounds the parameters
+of a statement)."""
 _MAX_CACHED_BATTERIES = 10_000
 
 _P1_COLUMNS = (
@@ -335,8 +337,8 @@ class IngestionService:
         """Read the batteries among ``battery_ids`` not cached yet, in one query (a consumer
         meeting a fleet after its start would otherwise read them one by one)."""
         missing = sorted({b for b in battery_ids if b not in self._batteries})
-        for start in range(0, len(missing), _SQLITE_CHUNK):
-            chunk = missing[start : start + _SQLITE_CHUNK]
+        for start in range(0, len(missing), _CHUNK):
+            chunk = missing[start : start + _CHUNK]
             with self.db.read() as session:
                 rows = session.execute(
                     select(
@@ -516,8 +518,8 @@ class IngestionService:
                 )
                 return {(row[0], row[1]) for row in cursor.fetchall()}
         claimed: set[tuple[str, int]] = set()
-        for start in range(0, len(keys), _SQLITE_CHUNK):
-            chunk = keys[start : start + _SQLITE_CHUNK]
+        for start in range(0, len(keys), _CHUNK):
+            chunk = keys[start : start + _CHUNK]
             statement = (
                 sqlite_insert(IngestedRecordRow)
                 .values(
