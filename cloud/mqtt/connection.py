@@ -19,6 +19,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from cloud.mqtt.buffered import BufferedClient
 from cloud.settings import CloudSettings
 from twin.errors import ConfigError
 
@@ -73,12 +74,13 @@ def default_client_id() -> str:
     return f"b2l-cloud-{host or 'host'}"
 
 
-def make_client(settings: CloudSettings, client_id: str, *, manual_ack: bool) -> mqtt.Client:
-    """A paho client for ``settings.mqtt_url`` (credentials and TLS set, not connected)."""
+def make_client(settings: CloudSettings, client_id: str, *, manual_ack: bool) -> BufferedClient:
+    """A paho client for ``settings.mqtt_url`` (credentials and TLS set, not connected), reading
+    in chunks and acknowledging in bulk (``cloud.mqtt.buffered``)."""
     if not settings.mqtt_url:
         raise ConfigError("B2L_MQTT_URL is not set")
     endpoint = MqttEndpoint.from_url(settings.mqtt_url)
-    client = mqtt.Client(
+    client = BufferedClient(
         CallbackAPIVersion.VERSION2,
         client_id=client_id,
         protocol=mqtt.MQTTv5,

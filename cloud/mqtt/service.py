@@ -273,14 +273,19 @@ class CloudMqttService:
         """PUBACK the messages of the current connection; drop the others (redelivered)."""
         with self._lock:
             generation = self._generation
+            mids: list[int] = []
             for message in messages:
                 if message.qos == 0:
                     continue
                 if message.generation != generation:
                     self.acks_dropped += 1
-                    continue
-                self._client.ack(message.mid, message.qos)
-                self.acks_sent += 1
+                elif message.qos == 1:
+                    mids.append(message.mid)
+                else:  # QoS 2 (not subscribed to): paho's own acknowledgement
+                    self._client.ack(message.mid, message.qos)
+                    self.acks_sent += 1
+            self._client.ack_many(mids)
+            self.acks_sent += len(mids)
 
     def _publish(self, topic: str, payload: bytes) -> int | None:
         properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
