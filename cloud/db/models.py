@@ -34,7 +34,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from cloud.db.base import Base
-from cloud.db.types import Json, UtcDateTime
+from cloud.db.types import Json, JsonText, UtcDateTime
 
 BATTERY_ID_LENGTH = 64
 SHORT_TEXT_LENGTH = 200
@@ -113,17 +113,19 @@ class LifecycleEventRow(Base):
 
 class TwinRow(Base):
     """A battery's twin document, split so desired and reported writers never overwrite each
-    other; the delta is computed on read. ``estimator_state`` is the cloud mirror's filter."""
+    other; the delta is computed on read. ``estimator_state`` is the cloud mirror's filter.
+    Its documents are JSON text (``json``, lz4-compressed where the server has lz4): ingestion
+    rewrites them whole many times a second across a fleet, and nothing queries inside them."""
 
     __tablename__ = "twins"
 
     battery_id: Mapped[str] = _battery_id(_battery_fk(), primary_key=True)
     version: Mapped[int] = mapped_column(Integer)
-    desired: Mapped[dict[str, Any]] = mapped_column(Json)
-    desired_metadata: Mapped[dict[str, Any]] = mapped_column(Json)
-    reported: Mapped[dict[str, Any]] = mapped_column(Json)
-    reported_metadata: Mapped[dict[str, Any]] = mapped_column(Json)
-    estimator_state: Mapped[dict[str, Any] | None] = mapped_column(Json, nullable=True)
+    desired: Mapped[dict[str, Any]] = mapped_column(JsonText)
+    desired_metadata: Mapped[dict[str, Any]] = mapped_column(JsonText)
+    reported: Mapped[dict[str, Any]] = mapped_column(JsonText)
+    reported_metadata: Mapped[dict[str, Any]] = mapped_column(JsonText)
+    estimator_state: Mapped[dict[str, Any] | None] = mapped_column(JsonText, nullable=True)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 

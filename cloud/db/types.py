@@ -3,6 +3,8 @@
 - ``UtcDateTime``: ``timestamptz`` on PostgreSQL, text on SQLite; always an aware UTC datetime in
   Python, naive datetimes are refused.
 - ``Json``: ``jsonb`` on PostgreSQL, JSON text on SQLite.
+- ``JsonText``: ``json`` (the text as written) on PostgreSQL, JSON text on SQLite: for documents
+  written and read whole, never queried inside (the twins).
 """
 
 from __future__ import annotations
@@ -11,12 +13,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import JSON, DateTime
+from sqlalchemy.dialects.postgresql import JSON as PG_JSON
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
 Json: TypeEngine[Any] = JSON().with_variant(JSONB(), "postgresql")
 """A JSON document column (``jsonb`` on PostgreSQL)."""
+JsonText: TypeEngine[Any] = JSON().with_variant(PG_JSON(), "postgresql")
+"""A JSON document column stored as its text (``json`` on PostgreSQL): no parse into jsonb's
+binary form on each write, which made a 16-cell twin's update cost PostgreSQL ~150 µs of CPU
+(~35 µs as ``json`` with lz4; docs/decisions.md §15)."""
 
 
 class UtcDateTime(TypeDecorator[datetime]):

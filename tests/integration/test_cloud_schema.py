@@ -153,3 +153,60 @@ def test_partitions_are_created_on_demand_once(db: Database) -> None:
             text("SELECT relkind FROM pg_class WHERE relname = 'cell_pillar1'")
         ).scalar()
         assert kind == "p"  # declaratively partitioned
+
+
+def test_twin_documents_are_json_text_with_lz4_and_survive_the_migration(pg_database: Any) -> None:
+    """0005 stores twins as ``json`` (lz4 where the server has it); down and up again, every
+    document reads back as it was."""
+    from alembic import command
+    from cloud_db_support import register, telemetry_batch
+
+    from cloud.db.migrate import alembic_config
+    from cloud.services.ingestion import IngestionService
+
+    url = pg_database.url
+    upgrade(url)
+    db = Database.from_url(url)
+    columns = ("desired", "desired_metadata", "reported", "reported_metadata", "estimator_state")
+
+    def documents() -> list[Any]:
+        with db.read() as session:
+            row = session.execute(text(f"SELECT {', '.join(columns)} FROM twins")).one()
+        return list(row)
+
+    def types() -> dict[str, tuple[str, str]]:
+        with db.read() as session:
+            rows = session.execute(
+                text(
+                    "SELECT attname, format_type(atttypid, atttypmod), attcompression::text "
+                    "FROM pg_attribute WHERE attrelid = 'twins'::regclass AND attnum > 0 "
+                    "AND NOT attisdropped"
+                )
+            ).all()
+        return {name: (kind, compression) for name, kind, compression in rows if name in columns}
+
+    def lz4_available() -> bool:
+        with db.read() as session:
+            try:
+                session.execute(text("SET LOCAL default_toast_compression = lz4"))
+            except Exception:
+                return False
+        return True
+
+    try:
+        register(db)
+        IngestionService(db).ingest(telemetry_batch([1, 2, 3]))
+        before = documents()
+        assert before[2]["cells"]  # reported holds the telemetry
+        expected_compression = "l" if lz4_available() else ""
+        assert types() == {c: ("json", expected_compression) for c in columns}
+
+        command.downgrade(alembic_config(url), "0004_change_notifications")
+        assert {kind for kind, _ in types().values()} == {"jsonb"}
+        assert documents() == before
+
+        upgrade(url)
+        assert types() == {c: ("json", expected_compression) for c in columns}
+        assert documents() == before
+    finally:
+        db.dispose()
