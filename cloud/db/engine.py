@@ -14,7 +14,10 @@ A pooled PostgreSQL connection is checked at checkout without a round trip: if i
 something to read while it sits idle, the server has closed it (restart, crash, idle timeout) and
 the pool opens a new one (``_drop_closed_connection``). A connection that breaks in use raises a
 disconnect error, which invalidates the pool's older connections too. ``pool_size`` connections
-stay open; up to as many again are opened for bursts and closed when returned.
+stay open; up to as many again are opened for bursts and closed when returned. A connection
+attempt gives up after ``CONNECT_TIMEOUT_S`` (libpq's ``connect_timeout``; a URL's own wins), so
+a server that does not answer at all (a partition, not a refusal) fails a request in seconds,
+not after the kernel's minutes of SYN retries.
 
 JSON columns are encoded and decoded with ``cloud.db.json_codec`` (orjson). SQLite connections
 run with WAL, ``foreign_keys=ON``, ``synchronous=NORMAL`` (a committed transaction survives a
@@ -40,6 +43,8 @@ from twin.errors import ConfigError
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 DEFAULT_POOL_SIZE = 20
+CONNECT_TIMEOUT_S = 10
+"""libpq's ``connect_timeout`` unless the URL sets one."""
 _BEGIN_OPTION = "b2l_sqlite_begin"
 
 
@@ -68,6 +73,8 @@ def make_engine(
     parsed = normalise_url(url)
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(parsed, echo=echo)
+    if "connect_timeout" not in parsed.query:
+        parsed = parsed.update_query_dict({"connect_timeout": str(CONNECT_TIMEOUT_S)})
     engine = create_engine(
         parsed,
         echo=echo,

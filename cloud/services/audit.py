@@ -116,8 +116,10 @@ class AuditWriter:
     the reads waiting meanwhile go in one statement (at most ``max_batch``) over a connection
     of its own, committed on its own (autocommit); then their callers go on. No thread hop
     and no per-row round trip. A batch the database refuses is written again row by row, so
-    only the rows it refuses fail. ``record`` returns once the row is committed, or raises
-    what the database raised: the read it audits must not be served."""
+    only the rows it refuses fail; a batch lost with its connection, or to a server that does
+    not answer (``psycopg.OperationalError``), fails whole at once. ``record`` returns once the
+    row is committed, or raises what the database raised: the read it audits must not be
+    served."""
 
     def __init__(self, connect_options: Mapping[str, Any], *, max_batch: int = 512) -> None:
         """Make it in the event loop that will serve the reads (``in_its_loop``)."""
@@ -175,6 +177,10 @@ class AuditWriter:
     async def _write(self, batch: list[Pending]) -> None:
         try:
             await self._insert([row for row, _ in batch])
+        except psycopg.OperationalError as exc:  # the connection or the server, not the rows
+            for _, future in batch:
+                _settle(future, exc)
+            return
         except Exception as exc:
             if len(batch) == 1:
                 _settle(batch[0][1], exc)
