@@ -92,7 +92,10 @@ class BufferedClient(mqtt.Client):
         return rc
 
     def ack_many(self, mids: Iterable[int]) -> None:
-        """PUBACK QoS 1 messages (``manual_ack``), in one write."""
+        """PUBACK QoS 1 messages, in one write; as ``ack``, only with ``manual_ack`` (paho
+        acknowledged them itself otherwise)."""
+        if not self._manual_ack:
+            return
         packet = b"".join(_PUBACK.pack(_PUBACK_COMMAND, 2, mid) for mid in mids)
         if packet:
             self._packet_queue(_PUBACK_COMMAND, packet, 0, 0)

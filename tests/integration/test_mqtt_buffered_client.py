@@ -16,6 +16,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 from conftest import MqttTestClient
+from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from cloud.mqtt.buffered import MAX_PACKETS_PER_READ, BufferedClient, BufferedSocket
@@ -225,3 +226,12 @@ def test_the_buffered_socket_reads_chunks_and_hands_out_what_is_asked() -> None:
     finally:
         writer.close()
         reader.close()
+
+
+def test_bulk_pubacks_are_only_for_manual_acknowledgement() -> None:
+    manual = BufferedClient(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5, manual_ack=True)
+    automatic = BufferedClient(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    manual.ack_many([1, 2, 3])
+    automatic.ack_many([1, 2, 3])  # paho acknowledged these itself: nothing more to send
+    assert manual.want_write()
+    assert not automatic.want_write()

@@ -8,7 +8,8 @@ PostgreSQL only (SQLite stores JSON as text already). Ingestion rewrites a twin'
 state and per-leaf stamps (~11 kB for 16 cells) at every group commit; as ``jsonb`` each write
 cost the server ~150 µs of CPU (parse into the binary form, pglz), as ``json`` with lz4 ~35 µs.
 Nothing queries inside these columns: they are written and read whole. lz4 is used where the
-server was built with it (Debian's and the official images are); elsewhere the default stays.
+server was built with it (Debian's and the official images are); elsewhere, and before
+PostgreSQL 14, the default stays.
 """
 
 from __future__ import annotations
@@ -29,11 +30,11 @@ def _alter(type_: str, compression: str) -> None:
     alters = ", ".join(f"ALTER COLUMN {c} TYPE {type_} USING {c}::{type_}" for c in COLUMNS)
     op.execute(f"ALTER TABLE twins {alters}")
     compress = ", ".join(f"ALTER COLUMN {c} SET COMPRESSION {compression}" for c in COLUMNS)
-    op.execute(  # a server without lz4 refuses it (feature_not_supported): keep its default
+    op.execute(  # refused by a server without lz4, unknown before PostgreSQL 14: keep the default
         f"""
         DO $$ BEGIN
-            ALTER TABLE twins {compress};
-        EXCEPTION WHEN feature_not_supported THEN
+            EXECUTE 'ALTER TABLE twins {compress}';
+        EXCEPTION WHEN feature_not_supported OR syntax_error THEN
             RAISE NOTICE 'twins keep the default compression: %', SQLERRM;
         END $$
         """
