@@ -2,24 +2,28 @@
 
 Run on demand (not in the test suite):
     .venv/bin/python bench/cloud_ingestion_db.py [--batches 960] [--cells 16] [--records 100]
-        [--batteries 8] [--clients 4] [--workers 2] [--mirror] [--service] [--json]
+        [--batteries 8] [--clients 4] [--workers 2] [--connection-per-batch] [--mirror]
+        [--service] [--json]
 
-A throwaway PostgreSQL (``hil.services.PostgresServer``, fsync off) gets two migrated databases.
+A throwaway PostgreSQL (``hil.services.PostgresServer``, fsync off) gets three migrated databases.
 
 * **http**: ``b2l cloud serve --workers 2`` (uvicorn, its own processes, one per core) on the
   first database, on a random loopback port; ``--batteries`` batteries are registered, each
   with a device credential.
-  ``--clients`` client processes (httpx, keep-alive) POST ``--batches`` UplinkBatch JSON bodies
+  ``--clients`` client processes (httpx) POST ``--batches`` UplinkBatch JSON bodies
   of ``--records`` telemetry records x ``--cells`` Pillar 1 cells (1,600 cell-rows each by
   default) to ``/api/v1/batteries/{id}/telemetry`` with the device's bearer token, each client
-  owning some batteries and sending their batches in seq order; every answer must be 200 (after
-  the commit). Bodies are built before the clock starts; the clock runs from the common start to
-  the last answer.
+  owning some batteries and sending their batches in seq order on one keep-alive connection,
+  which the kernel hashes onto one worker for the whole run (``--connection-per-batch``: a new
+  connection for each batch, as an edge uploading every minute opens, the server closing
+  connections idle for 5 s); every answer must be 200 (after the commit). Bodies are built
+  before the clock starts; the clock runs from the common start to the last answer.
 * **raw_copy**: the same cell rows through psycopg 3 binary COPY into the same partitioned table
   of the second database, one COPY and one commit per batch, on ``--clients`` threads: the floor
   SPEC section 8 compares against (targets: http >= 200k cell-rows/s and >= 0.25 of raw COPY).
-* ``--service``: also ``IngestionService.ingest`` in this process (no HTTP) into a third
-  database, to show what the HTTP layer costs.
+* ``--service``: also ``IngestionService.ingest_json`` of the same JSON bodies in this process
+  (parsed and stored, no HTTP) into a third database, on ``--clients`` threads (one process, so
+  one core at most for Python): what the HTTP layer and the second worker add or cost.
 
 Batteries are registered without a cell model unless ``--mirror`` (the cloud mirror then runs
 the SoC filter on every batch). Prints one JSON object with ``--json``.
@@ -119,14 +123,17 @@ def http_client(
     work: list[tuple[int, int]],
     n_cells: int,
     n_records: int,
+    keep_alive: bool,
 ) -> dict[str, Any]:
-    """One client process: POST its batches in order after the common start."""
+    """One client process: POST its batches in order after the common start, each on a
+    connection of its own unless ``keep_alive``."""
     bodies = [
         (battery_id(b), make_batch(b, n, n_cells, n_records).model_dump_json().encode())
         for b, n in work
     ]
     rows = 0
-    with httpx.Client(base_url=base_url, timeout=60.0) as http:
+    limits = httpx.Limits(max_keepalive_connections=None if keep_alive else 0)
+    with httpx.Client(base_url=base_url, timeout=60.0, limits=limits) as http:
         barrier.wait(timeout=300)
         start = time.perf_counter()
         for battery, body in bodies:
@@ -177,7 +184,11 @@ def bench_http(url: str, args: argparse.Namespace) -> tuple[int, float]:
                 ).raise_for_status()
         timed = batches[WARMUP_BATCHES:]
         lanes = [[job for job in timed if job[0] % args.clients == i] for i in range(args.clients)]
-        jobs = [(base_url, tokens, lane, args.cells, args.records) for lane in lanes if lane]
+        jobs = [
+            (base_url, tokens, lane, args.cells, args.records, not args.connection_per_batch)
+            for lane in lanes
+            if lane
+        ]
         results, wall = run_clients(http_client, jobs)
     return sum(r["rows"] for r in results), wall
 
@@ -254,8 +265,11 @@ def bench_raw_copy(url: str, args: argparse.Namespace) -> tuple[int, float]:
 
 
 def bench_service(url: str, args: argparse.Namespace) -> tuple[int, float]:
-    """Cell-rows per batch through ``IngestionService.ingest`` in this process (no HTTP)."""
-    batches = [make_batch(b, n, args.cells, args.records) for b, n in plan(args)]
+    """Cell-rows per second through ``IngestionService.ingest_json`` in this process: the same
+    JSON bodies as over HTTP, parsed and stored, without the HTTP layer."""
+    bodies = [
+        make_batch(b, n, args.cells, args.records).model_dump_json().encode() for b, n in plan(args)
+    ]
     db = Database.from_url(url, pool_size=max(2, args.clients))
     try:
         topology = BatteryTopology(cells_per_module=args.cells)
@@ -264,10 +278,10 @@ def bench_service(url: str, args: argparse.Namespace) -> tuple[int, float]:
         for b in range(args.batteries):
             registry.register(battery_id(b), topology, cell_parameters=parameters)
         service = IngestionService(db, CloudSettings(_env_file=None))  # type: ignore[call-arg]
-        for batch in batches[:WARMUP_BATCHES]:
-            service.ingest(batch)
+        for body in bodies[:WARMUP_BATCHES]:
+            service.ingest_json(body)
         return timed_in_threads(
-            [lambda b=batch: service.ingest(b).cell_rows for batch in batches[WARMUP_BATCHES:]],
+            [lambda b=body: service.ingest_json(b).cell_rows for body in bodies[WARMUP_BATCHES:]],
             args.clients,
         )
     finally:
@@ -286,6 +300,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--workers", type=int, default=2, help="b2l cloud serve --workers (one per core)"
     )
+    parser.add_argument(
+        "--connection-per-batch",
+        action="store_true",
+        help="a new connection for each batch, as an edge uploading every minute opens (the "
+        "server closes a connection idle for 5 s); default: one connection per client",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     args.clients = max(1, min(args.clients, args.batteries))
@@ -301,6 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "batches": args.batches,
         "cell_rows_per_batch": args.cells * args.records,
         "clients": args.clients,
+        "connection_per_batch": args.connection_per_batch,
         "batteries": args.batteries,
         "mirror": args.mirror,
         "cpus": os.cpu_count(),
