@@ -277,6 +277,17 @@ def run_phase(name: str, server: PostgresServer, args: argparse.Namespace) -> di
     }
 
 
+PHASES = ("drain", "live", "floor")
+
+
+def _phases(text: str) -> list[str]:
+    phases = [p.strip() for p in text.split(",") if p.strip()]
+    unknown = sorted(set(phases) - set(PHASES))
+    if unknown or not phases:
+        raise argparse.ArgumentTypeError(f"phases are {', '.join(PHASES)}, not {text!r}")
+    return phases
+
+
 def _setting(text: str) -> tuple[str, str]:
     name, sep, value = text.partition("=")
     if not sep or not name.startswith("B2L_"):
@@ -298,7 +309,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--estimates", action="store_true", help="add the edge's estimates")
     parser.add_argument("--mirror", action="store_true", help="register with a cell model")
-    parser.add_argument("--phases", default="drain,live,floor", help="drain, live, floor")
+    parser.add_argument(
+        "--phases", type=_phases, default="drain,live,floor", help="of drain, live, floor"
+    )
     parser.add_argument(
         "--set",
         type=_setting,
@@ -319,7 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "cpus": os.cpu_count(),
     }
     with PostgresServer(fsync=False) as server:
-        for phase in args.phases.split(","):
+        for phase in args.phases:
             result[phase] = run_floor(args) if phase == "floor" else run_phase(phase, server, args)
     if "drain" in result and "floor" in result and result["floor"]["consumer_messages_per_s"]:
         result["ratio_drain_to_floor"] = (

@@ -29,10 +29,7 @@ def dumps(value: Any) -> bytes:
 
 def dumps_text(value: Any) -> str:
     """``value`` as JSON text (SQLite stores JSON as text)."""
-    try:
-        return orjson.dumps(value).decode()
-    except TypeError:
-        return json.dumps(value)
+    return dumps(value).decode()
 
 
 def loads(data: str | bytes | bytearray | memoryview) -> Any:

@@ -8,16 +8,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from cloud_db_support import BACKENDS, database_url, migrated_database
+from cloud_db_support import BACKENDS, database_url, migrated_database, register, telemetry_batch
 from sqlalchemy import inspect, text
 
 from cloud.db import models
 from cloud.db.base import Base
 from cloud.db.engine import Database, make_engine
 from cloud.db.metadata import load_metadata
-from cloud.db.migrate import current_revisions, head_revisions, is_up_to_date, upgrade
+from cloud.db.migrate import (
+    alembic_config,
+    current_revisions,
+    head_revisions,
+    is_up_to_date,
+    upgrade,
+)
 from cloud.db.partitions import (
     PartitionManager,
     is_partition_name,
@@ -25,6 +32,7 @@ from cloud.db.partitions import (
     partition_bounds,
     partition_name,
 )
+from cloud.services.ingestion import IngestionService
 
 pytestmark = pytest.mark.integration
 
@@ -158,12 +166,6 @@ def test_partitions_are_created_on_demand_once(db: Database) -> None:
 def test_twin_documents_are_json_text_with_lz4_and_survive_the_migration(pg_database: Any) -> None:
     """0005 stores twins as ``json`` (lz4 where the server has it); down and up again, every
     document reads back as it was."""
-    from alembic import command
-    from cloud_db_support import register, telemetry_batch
-
-    from cloud.db.migrate import alembic_config
-    from cloud.services.ingestion import IngestionService
-
     url = pg_database.url
     upgrade(url)
     db = Database.from_url(url)
@@ -187,11 +189,14 @@ def test_twin_documents_are_json_text_with_lz4_and_survive_the_migration(pg_data
 
     def lz4_available() -> bool:
         with db.read() as session:
-            try:
-                session.execute(text("SET LOCAL default_toast_compression = lz4"))
-            except Exception:
-                return False
-        return True
+            return bool(
+                session.execute(
+                    text(
+                        "SELECT 'lz4' = ANY(enumvals) FROM pg_settings "
+                        "WHERE name = 'default_toast_compression'"
+                    )
+                ).scalar_one()
+            )
 
     try:
         register(db)
