@@ -19,6 +19,7 @@ batches committed out of order) does not overwrite it.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import Any, TypeVar
 
 from pydantic import JsonValue
@@ -32,7 +33,7 @@ AGGREGATED_KEYS = frozenset({"cells", "packs", "estimates"})
 TELEMETRY_KEYS = frozenset({"seq", "timestamp", "cells", "packs", "estimates", "aggregates"})
 """Top-level keys of ``reported`` owned by telemetry; edge-reported settings may not use them."""
 
-_Stamp = tuple[int, str]  # (seq, ISO timestamp)
+_Stamp = tuple[int, datetime]  # (seq, timestamp): ISO text only for what the patch shows
 _M = TypeVar("_M")
 
 
@@ -92,7 +93,7 @@ def _newest(
     group: dict[str, JsonValue] = {}
     for index, (value, (seq, ts)) in sorted(latest.items()):
         if _newer(shown, str(index), seq):
-            group[str(index)] = {"seq": seq, "timestamp": ts, **convert(value)}
+            group[str(index)] = {"seq": seq, "timestamp": ts.isoformat(), **convert(value)}
     return group
 
 
@@ -108,7 +109,7 @@ def telemetry_patch(records: Sequence[TelemetryRecord], reported: Mapping[str, A
     latest_packs: dict[int, tuple[PackMeasurement, _Stamp]] = {}
     estimates: dict[int, tuple[CellEstimate, _Stamp]] = {}
     for record in records:
-        stamp = (record.seq, record.timestamp.isoformat())
+        stamp = (record.seq, record.timestamp)
         for m1 in record.pillar1:
             p1[m1.cell_id] = (m1, stamp)
         for m2 in record.pillar2:
@@ -135,7 +136,7 @@ def telemetry_patch(records: Sequence[TelemetryRecord], reported: Mapping[str, A
             values.update(part)
         newest = parts[-1][0]
         if _newer(shown_cells, key, newest[0]):
-            cells[key] = {"seq": newest[0], "timestamp": newest[1], **values}
+            cells[key] = {"seq": newest[0], "timestamp": newest[1].isoformat(), **values}
 
     patch: JsonObject = {}
     if cells:
