@@ -1,5 +1,6 @@
 """Helpers of the cloud benchmarks: the ``b2l cloud ...`` command line as a subprocess, a
-throwaway cloud server on a random loopback port, device tokens, and client processes.
+throwaway cloud server on a random loopback port, device tokens, client processes, and the CPU
+time of process trees (Linux ``/proc``).
 
 Not a benchmark itself. The servers under test always run in their own processes; the load
 comes from other processes (``run_clients``), and everything listens on 127.0.0.1 only.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import os
 import shutil
 import subprocess
 import sys
@@ -16,6 +18,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +49,17 @@ def cloud_process(argv: list[str], env: dict[str, str]) -> Iterator[subprocess.P
         log.unlink(missing_ok=True)
 
 
+@dataclass(frozen=True)
+class RunningServer:
+    """A ``b2l cloud serve`` under test: its base URL and the PID of its main process."""
+
+    url: str
+    pid: int
+
+
 @contextmanager
-def cloud_server(database_url: str, workers: int = 1, **env: str) -> Iterator[str]:
-    """``b2l cloud serve [--workers N]`` on a random loopback port; yields its base URL."""
+def cloud_server(database_url: str, workers: int = 1, **env: str) -> Iterator[RunningServer]:
+    """``b2l cloud serve [--workers N]`` on a random loopback port, ready on every worker."""
     port = find_free_port()
     argv = b2l_argv(
         "cloud", "serve", "--host", LOOPBACK, "--port", str(port), "--no-migrate",
@@ -61,7 +72,34 @@ def cloud_server(database_url: str, workers: int = 1, **env: str) -> Iterator[st
             raise RuntimeError(f"b2l cloud serve did not start (exit {proc.poll()})") from None
         base_url = f"http://{LOOPBACK}:{port}"
         wait_for_workers(base_url, workers, 60)
-        yield base_url
+        yield RunningServer(base_url, proc.pid)
+
+
+def tree_cpu_s(root_pid: int) -> dict[int, float]:
+    """CPU seconds (user + system) used so far by a process and each of its living
+    descendants, by PID, read from ``/proc`` (a descendant that has exited no longer counts)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, tuple[int, float]] = {}  # pid -> (parent pid, cpu seconds)
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _) in stats.items():
+        children.setdefault(parent, []).append(pid)
+    used: dict[int, float] = {}
+    todo = [root_pid]
+    while todo:
+        pid = todo.pop()
+        if pid in stats:
+            used[pid] = stats[pid][1]
+            todo.extend(children.get(pid, []))
+    return used
 
 
 def wait_for_workers(base_url: str, workers: int, timeout_s: float) -> None:
@@ -118,11 +156,13 @@ def _client_main(
 
 
 def run_clients(
-    target: Callable[..., dict[str, Any]], jobs: Sequence[tuple[Any, ...]]
+    target: Callable[..., dict[str, Any]],
+    jobs: Sequence[tuple[Any, ...]],
+    on_start: Callable[[], None] | None = None,
 ) -> tuple[list[dict[str, Any]], float]:
     """Run ``target(barrier, *job)`` in one process per job; they start together after their
-    set-up (``barrier.wait()`` inside ``target``). Returns their results and the wall-clock
-    seconds from the common start to the last one's end."""
+    set-up (``barrier.wait()`` inside ``target``), and ``on_start()`` is called then. Returns
+    their results and the wall-clock seconds from the common start to the last one's end."""
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(len(jobs) + 1)
     results = ctx.Queue()
@@ -138,6 +178,8 @@ def run_clients(
         out = [results.get(timeout=60) for _ in procs]
         raise RuntimeError(f"a client failed before the start: {out}") from None
     start = time.perf_counter()
+    if on_start is not None:
+        on_start()
     collected = dict(results.get(timeout=3600) for _ in procs)
     wall = time.perf_counter() - start
     for proc in procs:

@@ -18,6 +18,9 @@ A throwaway PostgreSQL (``hil.services.PostgresServer``, fsync off) gets three m
   connection for each batch, as an edge uploading every minute opens, the server closing
   connections idle for 5 s); every answer must be 200 (after the commit). Bodies are built
   before the clock starts; the clock runs from the common start to the last answer.
+  Meanwhile the CPU time of the server's process tree, of PostgreSQL's and of the clients'
+  request loops is read (``/proc``): it shows which part uses the cores (in cores, and in
+  microseconds per cell-row).
 * **raw_copy**: the same cell rows through psycopg 3 binary COPY into the same partitioned table
   of the second database, one COPY and one commit per batch, on ``--clients`` threads: the floor
   SPEC section 8 compares against (targets: http >= 200k cell-rows/s and >= 0.25 of raw COPY).
@@ -39,11 +42,11 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from threading import Barrier
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import psycopg
-from cloud_common import cloud_server, run_clients, token
+from cloud_common import cloud_server, run_clients, token, tree_cpu_s
 
 from cloud.db.engine import Database
 from cloud.db.migrate import upgrade
@@ -135,7 +138,7 @@ def http_client(
     limits = httpx.Limits(max_keepalive_connections=None if keep_alive else 0)
     with httpx.Client(base_url=base_url, timeout=60.0, limits=limits) as http:
         barrier.wait(timeout=300)
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         for battery, body in bodies:
             response = http.post(
                 f"/api/v1/batteries/{battery}/telemetry",
@@ -148,12 +151,24 @@ def http_client(
             if response.status_code != 200:
                 raise RuntimeError(f"{response.status_code}: {response.text[:300]}")
             rows += int(response.json()["cell_rows"])
-        elapsed = time.perf_counter() - start
-    return {"rows": rows, "elapsed_s": elapsed}
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - start_cpu
+    return {"rows": rows, "elapsed_s": elapsed, "cpu_s": cpu}
 
 
-def bench_http(url: str, args: argparse.Namespace) -> tuple[int, float]:
-    """Cell-rows per second through ``POST /api/v1/batteries/{id}/telemetry``."""
+class HttpRun(NamedTuple):
+    """The HTTP phase: cell-rows, wall seconds, and CPU seconds spent meanwhile by each part."""
+
+    rows: int
+    seconds: float
+    cpu_s: dict[str, float]
+    """``server`` (``b2l cloud serve`` and its workers; ``busiest_server_process``: the one of
+    them that used the most), ``postgresql`` (every backend) and ``clients`` (their request
+    loops), from the common start to the last answer."""
+
+
+def bench_http(url: str, postmaster_pid: int, args: argparse.Namespace) -> HttpRun:
+    """Cell-rows per second through ``POST /api/v1/batteries/{id}/telemetry``, and the CPU
+    the server, PostgreSQL and the clients spent on them."""
     settings = CloudSettings(_env_file=None, argon2_time_cost=1, argon2_memory_kib=1024)  # type: ignore[call-arg]
     security = SecurityContext.from_settings(settings)
     db = Database.from_url(url)
@@ -169,7 +184,8 @@ def bench_http(url: str, args: argparse.Namespace) -> tuple[int, float]:
     finally:
         db.dispose()
     batches = plan(args)
-    with cloud_server(url, workers=args.workers) as base_url:
+    with cloud_server(url, workers=args.workers) as server:
+        base_url = server.url
         tokens = {b: token(base_url, d, s) for b, (d, s) in devices.items()}
         with httpx.Client(base_url=base_url, timeout=60) as http:  # warm-up: partitions, caches
             for b, n in batches[:WARMUP_BATCHES]:
@@ -189,8 +205,28 @@ def bench_http(url: str, args: argparse.Namespace) -> tuple[int, float]:
             for lane in lanes
             if lane
         ]
-        results, wall = run_clients(http_client, jobs)
-    return sum(r["rows"] for r in results), wall
+        before: dict[str, dict[int, float]] = {}
+
+        def on_start() -> None:
+            before.update(server=tree_cpu_s(server.pid), postgresql=tree_cpu_s(postmaster_pid))
+
+        results, wall = run_clients(http_client, jobs, on_start)
+        used = {
+            part: _cpu_since(before[part], tree_cpu_s(pid))
+            for part, pid in (("server", server.pid), ("postgresql", postmaster_pid))
+        }
+        cpu_s = {
+            "server": sum(used["server"].values()),
+            "busiest_server_process": max(used["server"].values(), default=0.0),
+            "postgresql": sum(used["postgresql"].values()),
+            "clients": sum(r["cpu_s"] for r in results),
+        }
+    return HttpRun(sum(r["rows"] for r in results), wall, cpu_s)
+
+
+def _cpu_since(before: dict[int, float], after: dict[int, float]) -> dict[int, float]:
+    """CPU seconds each process used between two ``tree_cpu_s`` readings (new ones: all)."""
+    return {pid: cpu - before.get(pid, 0.0) for pid, cpu in after.items()}
 
 
 # -- raw COPY and the in-process service -------------------------------------------------------
@@ -314,7 +350,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         urls = {name: server.create_database(f"bench_{name}") for name in ("http", "raw", "svc")}
         for url in urls.values():
             upgrade(url)
-        http_rows, http_s = bench_http(urls["http"], args)
+        postmaster_pid = server.postmaster_pid
+        if postmaster_pid is None:
+            raise RuntimeError("the throwaway PostgreSQL has no postmaster PID")
+        http = bench_http(urls["http"], postmaster_pid, args)
+        http_rows, http_s = http.rows, http.seconds
         raw_rows, raw_s = bench_raw_copy(urls["raw"], args)
         service = bench_service(urls["svc"], args) if args.service else None
     result: dict[str, Any] = {
@@ -330,6 +370,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "raw_copy_rows": raw_rows,
         "raw_copy_rows_per_s": raw_rows / raw_s,
         "ratio_http_to_copy": (http_rows / http_s) / (raw_rows / raw_s),
+        "http_cpu_cores": {part: cpu / http_s for part, cpu in http.cpu_s.items()},
+        "http_cpu_us_per_row": {part: cpu / http_rows * 1e6 for part, cpu in http.cpu_s.items()},
     }
     if service is not None:
         result["service_rows_per_s"] = service[0] / service[1]
@@ -346,6 +388,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  service (no HTTP) : {result['service_rows_per_s']:>12,.0f} cell-rows/s")
         print(f"  raw binary COPY   : {result['raw_copy_rows_per_s']:>12,.0f} cell-rows/s")
         print(f"  ratio HTTP / COPY : {result['ratio_http_to_copy']:.2f} (target >= 0.25)")
+        cores, per_row = result["http_cpu_cores"], result["http_cpu_us_per_row"]
+        print(
+            "  CPU in the HTTP phase, cores (us per cell-row): "
+            + ", ".join(f"{part} {cores[part]:.2f} ({per_row[part]:.1f})" for part in cores)
+            + f"; {os.cpu_count()} CPUs"
+        )
     return 0
 
 

@@ -176,7 +176,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         url = server.create_database("bench_twin")
         upgrade(url)
         seed(url, args)
-        with cloud_server(url, workers=args.workers) as base_url:
+        with cloud_server(url, workers=args.workers) as server_under_test:
+            base_url = server_under_test.url
             bearer = token(base_url, "bench-operator", PASSWORD)
             tokens = {f"tw-{b:04d}": bearer for b in range(args.batteries)}
             twin_paths = [(f"/api/v1/batteries/{b}/twin", t) for b, t in tokens.items()]
