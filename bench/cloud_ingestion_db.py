@@ -3,7 +3,7 @@
 Run on demand (not in the test suite):
     .venv/bin/python bench/cloud_ingestion_db.py [--batches 960] [--cells 16] [--records 100]
         [--batteries 8] [--clients 4] [--workers 2] [--connection-per-batch] [--mirror]
-        [--service] [--json]
+        [--service] [--cell-objects] [--json]
 
 A throwaway PostgreSQL (``hil.services.PostgresServer``, fsync off) gets three migrated databases.
 
@@ -12,12 +12,14 @@ A throwaway PostgreSQL (``hil.services.PostgresServer``, fsync off) gets three m
   with a device credential.
   ``--clients`` client processes (httpx) POST ``--batches`` UplinkBatch JSON bodies
   of ``--records`` telemetry records x ``--cells`` Pillar 1 cells (1,600 cell-rows each by
-  default) to ``/api/v1/batteries/{id}/telemetry`` with the device's bearer token, each client
-  owning some batteries and sending their batches in seq order on one keep-alive connection,
-  which the kernel hashes onto one worker for the whole run (``--connection-per-batch``: a new
-  connection for each batch, as an edge uploading every minute opens, the server closing
-  connections idle for 5 s); every answer must be 200 (after the commit). Bodies are built
-  before the clock starts; the clock runs from the common start to the last answer.
+  default; cells as columns, as the edge sends them, or one object per cell with
+  ``--cell-objects``) to ``/api/v1/batteries/{id}/telemetry`` with the device's bearer token,
+  each client owning some batteries and sending their batches in seq order on one keep-alive
+  connection, which the kernel hashes onto one worker for the whole run
+  (``--connection-per-batch``: a new connection for each batch, as an edge uploading every
+  minute opens, the server closing connections idle for 5 s); every answer must be 200 (after
+  the commit). Bodies are built before the clock starts; the clock runs from the common start
+  to the last answer.
   Meanwhile the CPU time of the server's process tree, of PostgreSQL's and of the clients'
   request loops is read (``/proc``): it shows which part uses the cores (in cores, and in
   microseconds per cell-row).
@@ -58,6 +60,7 @@ from cloud.services.ingestion import IngestionService
 from cloud.settings import CloudSettings
 from hil.services import PostgresServer
 from twin.cell_params import load_builtin
+from twin.cells import COLUMNS_CONTEXT, CellGroup
 from twin.measurements import Pillar1CellMeasurement
 from twin.topology import BatteryTopology
 from twin.uplink import TelemetryRecord, UplinkBatch
@@ -94,9 +97,19 @@ def make_batch(battery: int, number: int, n_cells: int, n_records: int) -> Uplin
             for c in range(n_cells)
         ]
         records.append(
-            TelemetryRecord(seq=seq, timestamp=T0 + timedelta(seconds=seq), pillar1=cells)
+            TelemetryRecord(
+                seq=seq,
+                timestamp=T0 + timedelta(seconds=seq),
+                pillar1=CellGroup(Pillar1CellMeasurement, rows=cells),
+            )
         )
     return UplinkBatch(battery_id=battery_id(battery), records=records)
+
+
+def batch_json(batch: UplinkBatch, cell_objects: bool) -> bytes:
+    """A batch's JSON as the edge sends it: cells as columns (``--cell-objects``: one object
+    per cell, the other form the API takes)."""
+    return batch.model_dump_json(context=None if cell_objects else COLUMNS_CONTEXT).encode()
 
 
 def plan(args: argparse.Namespace) -> list[tuple[int, int]]:
@@ -127,11 +140,12 @@ def http_client(
     n_cells: int,
     n_records: int,
     keep_alive: bool,
+    cell_objects: bool,
 ) -> dict[str, Any]:
     """One client process: POST its batches in order after the common start, each on a
     connection of its own unless ``keep_alive``."""
     bodies = [
-        (battery_id(b), make_batch(b, n, n_cells, n_records).model_dump_json().encode())
+        (battery_id(b), batch_json(make_batch(b, n, n_cells, n_records), cell_objects))
         for b, n in work
     ]
     rows = 0
@@ -189,10 +203,10 @@ def bench_http(url: str, postmaster_pid: int, args: argparse.Namespace) -> HttpR
         tokens = {b: token(base_url, d, s) for b, (d, s) in devices.items()}
         with httpx.Client(base_url=base_url, timeout=60) as http:  # warm-up: partitions, caches
             for b, n in batches[:WARMUP_BATCHES]:
-                body = make_batch(b, n, args.cells, args.records).model_dump_json()
+                warm = batch_json(make_batch(b, n, args.cells, args.records), args.cell_objects)
                 http.post(
                     f"/api/v1/batteries/{battery_id(b)}/telemetry",
-                    content=body,
+                    content=warm,
                     headers={
                         "Authorization": f"Bearer {tokens[battery_id(b)]}",
                         "Content-Type": "application/json",
@@ -201,7 +215,15 @@ def bench_http(url: str, postmaster_pid: int, args: argparse.Namespace) -> HttpR
         timed = batches[WARMUP_BATCHES:]
         lanes = [[job for job in timed if job[0] % args.clients == i] for i in range(args.clients)]
         jobs = [
-            (base_url, tokens, lane, args.cells, args.records, not args.connection_per_batch)
+            (
+                base_url,
+                tokens,
+                lane,
+                args.cells,
+                args.records,
+                not args.connection_per_batch,
+                args.cell_objects,
+            )
             for lane in lanes
             if lane
         ]
@@ -304,7 +326,8 @@ def bench_service(url: str, args: argparse.Namespace) -> tuple[int, float]:
     """Cell-rows per second through ``IngestionService.ingest_json`` in this process: the same
     JSON bodies as over HTTP, parsed and stored, without the HTTP layer."""
     bodies = [
-        make_batch(b, n, args.cells, args.records).model_dump_json().encode() for b, n in plan(args)
+        batch_json(make_batch(b, n, args.cells, args.records), args.cell_objects)
+        for b, n in plan(args)
     ]
     db = Database.from_url(url, pool_size=max(2, args.clients))
     try:
@@ -342,6 +365,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="a new connection for each batch, as an edge uploading every minute opens (the "
         "server closes a connection idle for 5 s); default: one connection per client",
     )
+    parser.add_argument(
+        "--cell-objects",
+        action="store_true",
+        help="send each record's cells as one JSON object per cell (default: as columns, the "
+        "form the edge sends)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     args.clients = max(1, min(args.clients, args.batteries))
@@ -362,6 +391,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "cell_rows_per_batch": args.cells * args.records,
         "clients": args.clients,
         "connection_per_batch": args.connection_per_batch,
+        "cells_as": "objects" if args.cell_objects else "columns",
         "batteries": args.batteries,
         "mirror": args.mirror,
         "cpus": os.cpu_count(),
@@ -381,7 +411,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         print(
             f"{args.batches} batches x {result['cell_rows_per_batch']} cell-rows, "
-            f"{args.clients} client(s), mirror {'on' if args.mirror else 'off'}"
+            f"{args.clients} client(s), mirror {'on' if args.mirror else 'off'}, "
+            f"cells as {result['cells_as']}"
         )
         print(f"  HTTP API          : {result['http_rows_per_s']:>12,.0f} cell-rows/s")
         if service is not None:

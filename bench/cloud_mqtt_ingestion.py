@@ -2,7 +2,7 @@
 
 Run on demand (not in the test suite):
     .venv/bin/python bench/cloud_mqtt_ingestion.py [--messages 20000] [--batteries 100]
-        [--cells 16] [--publishers 2] [--consumers 1] [--estimates] [--mirror]
+        [--cells 16] [--publishers 2] [--consumers 1] [--estimates] [--mirror] [--cell-objects]
         [--phases drain,live,floor] [--set B2L_NAME=VALUE ...] [--json]
 
 A throwaway PostgreSQL (fsync off) and a throwaway Mosquitto (``max_queued_messages 0``) on
@@ -11,7 +11,8 @@ process (persistent session, shared subscription, group commits, PUBACK after co
 
 * **drain**: the consumers subscribe once and stop; ``--publishers`` processes publish
   ``--messages`` QoS 1 messages (each an UplinkBatch of one telemetry record of ``--cells``
-  Pillar 1 cells and a pack; ``--estimates`` adds the edge's estimates), which the broker queues
+  Pillar 1 cells and a pack, cells as columns as the edge sends them, ``--cell-objects`` one
+  object per cell; ``--estimates`` adds the edge's estimates), which the broker queues
   in the consumers' sessions; then the consumers start again and drain them. Its rate is
   measured in the database: messages stored after the first group commit divided by the time
   from the first to the last commit (``ingested_records.received_at``), so start-up is not in.
@@ -58,21 +59,29 @@ CLIENT_ID = "bench-consumer"
 FLOOR_GROUP = "bench-floor"
 
 
-def message(battery: int, seq: int, n_cells: int, estimates: bool) -> bytes:
+def message(battery: int, seq: int, n_cells: int, estimates: bool, cell_objects: bool) -> bytes:
+    """One telemetry record as the edge publishes it: cells as columns (``cell_objects``: one
+    JSON object per cell, the other form the cloud takes)."""
+    pillar1 = [
+        {"cell_id": c, "voltage_v": 3.6 + 0.001 * ((seq + c) % 50), "temperature_c": 25.0,
+         "current_a": -5.0, "sot": 0.9, "phase": 1.0, "soc": 0.5, "sos": 0.95}
+        for c in range(n_cells)
+    ]  # fmt: skip
     record: dict[str, Any] = {
         "kind": "telemetry",
         "seq": seq,
         "timestamp": (T0 + timedelta(seconds=seq)).isoformat(),
-        "pillar1": [
-            {"cell_id": c, "voltage_v": 3.6 + 0.001 * ((seq + c) % 50), "temperature_c": 25.0,
-             "current_a": -5.0, "sot": 0.9, "phase": 1.0, "soc": 0.5, "sos": 0.95}
-            for c in range(n_cells)
-        ],
+        "pillar1": pillar1 if cell_objects else _columns(pillar1),
         "packs": [{"pack_index": 0, "voltage_v": 3.6 * n_cells, "current_a": -5.0, "faults": []}],
-    }  # fmt: skip
+    }
     if estimates:
-        record["estimates"] = [{"cell_id": c, "soc": 0.5, "soc_std": 0.02} for c in range(n_cells)]
+        cells = [{"cell_id": c, "soc": 0.5, "soc_std": 0.02} for c in range(n_cells)]
+        record["estimates"] = cells if cell_objects else _columns(cells)
     return json.dumps({"battery_id": f"mq-{battery:04d}", "records": [record]}).encode()
+
+
+def _columns(cells: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    return {name: [cell[name] for cell in cells] for name in cells[0]}
 
 
 def publisher(
@@ -82,10 +91,12 @@ def publisher(
     work: list[tuple[int, int]],
     n_cells: int,
     estimates: bool,
+    cell_objects: bool,
 ) -> dict[str, Any]:
     """One publisher process: QoS 1 publishes, up to 1000 in flight, waits for every PUBACK."""
     payloads = [
-        (f"b2l/v1/mq-{b:04d}/telemetry", message(b, s, n_cells, estimates)) for b, s in work
+        (f"b2l/v1/mq-{b:04d}/telemetry", message(b, s, n_cells, estimates, cell_objects))
+        for b, s in work
     ]
     client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     client.max_inflight_messages_set(1000)
@@ -163,7 +174,10 @@ def run_floor(args: argparse.Namespace) -> dict[str, Any]:
             for k in range(args.consumers)
         ]
         run_clients(bare_consumer, [(*c, False) for c in consumers])  # the sessions
-        jobs = [(broker.host, broker.port, lane, args.cells, args.estimates) for lane in lanes]
+        jobs = [
+            (broker.host, broker.port, lane, args.cells, args.estimates, args.cell_objects)
+            for lane in lanes
+        ]
         results, wall = run_clients(publisher, jobs)
         drained, _ = run_clients(bare_consumer, [(*c, True) for c in consumers])
     got = [d for d in drained if d["received"]]
@@ -230,7 +244,10 @@ def run_phase(name: str, server: PostgresServer, args: argparse.Namespace) -> di
             for k in range(consumers)
         ]  # fmt: skip
         probe = (0, 10**9)
-        jobs = [(broker.host, broker.port, lane, args.cells, args.estimates) for lane in lanes]
+        jobs = [
+            (broker.host, broker.port, lane, args.cells, args.estimates, args.cell_objects)
+            for lane in lanes
+        ]
         with ExitStack() as running:
             for consumer_argv in argvs:  # one shared-subscription group: they split the load
                 running.enter_context(cloud_process(consumer_argv, env))
@@ -242,9 +259,8 @@ def run_phase(name: str, server: PostgresServer, args: argparse.Namespace) -> di
             while stored(db) == 0:
                 if time.monotonic() > deadline:
                     raise RuntimeError("the consumer did not start")
-                client.publish(
-                    "b2l/v1/mq-0000/telemetry", message(*probe, args.cells, False), qos=1
-                )
+                probe_body = message(*probe, args.cells, False, args.cell_objects)
+                client.publish("b2l/v1/mq-0000/telemetry", probe_body, qos=1)
                 time.sleep(0.5)
             client.disconnect()
             client.loop_stop()
@@ -308,6 +324,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="b2l cloud mqtt processes (one $share group splits the load)",
     )
     parser.add_argument("--estimates", action="store_true", help="add the edge's estimates")
+    parser.add_argument(
+        "--cell-objects",
+        action="store_true",
+        help="cells as one JSON object per cell (default: as columns, as the edge sends them)",
+    )
     parser.add_argument("--mirror", action="store_true", help="register with a cell model")
     parser.add_argument(
         "--phases", type=_phases, default="drain,live,floor", help="of drain, live, floor"
@@ -326,6 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "batteries": args.batteries,
         "cells": args.cells,
         "estimates": args.estimates,
+        "cells_as": "objects" if args.cell_objects else "columns",
         "mirror": args.mirror,
         "consumers": args.consumers,
         "settings": dict(args.set),

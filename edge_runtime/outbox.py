@@ -42,6 +42,7 @@ from typing import Any
 from pydantic import JsonValue, TypeAdapter
 
 from edge_runtime.clock import SYSTEM_CLOCK, Clock, utc
+from twin.cells import COLUMNS_CONTEXT
 from twin.errors import ConfigError
 from twin.uplink import EventRecord, Severity, UplinkBatch, UplinkRecord
 
@@ -282,7 +283,8 @@ class Outbox:
 
     def _insert(self, record: UplinkRecord, lane: Lane, now_s: float) -> int:
         seq = self._meta_int("next_seq", 1)
-        body = record.model_copy(update={"seq": seq}).model_dump_json().encode()
+        stamped = record.model_copy(update={"seq": seq})
+        body = stamped.model_dump_json(context=COLUMNS_CONTEXT).encode()  # cells as columns
         self._db.execute(
             "INSERT INTO records (seq, lane, kind, created_s, size, body) "
             "VALUES (?, ?, ?, ?, ?, ?)",

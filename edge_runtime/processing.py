@@ -28,6 +28,7 @@ from edge_runtime.clock import utc
 from edge_runtime.links import BmsStatus, FloatArray, Sample
 from twin.cell_model import CellModel
 from twin.cell_params import CellParameters, RcBranch
+from twin.cells import CellGroup
 from twin.commands import EcmParameters, ModelUpdate
 from twin.errors import B2LError, TwinValidationError
 from twin.estimation import EkfState, SocEstimator, soc_from_voltage
@@ -306,10 +307,10 @@ class Processor:
         return TelemetryRecord(
             seq=DRAFT_SEQ,
             timestamp=utc(sample.time_s),
-            pillar1=pillar1,
-            pillar2=pillar2,
+            pillar1=CellGroup(Pillar1CellMeasurement, rows=pillar1),
+            pillar2=CellGroup(Pillar2CellData, rows=pillar2),
             packs=packs,
-            estimates=estimates,
+            estimates=CellGroup(CellEstimate, rows=estimates),
         )
 
     # ---------------------------------------------------------------- BMS status

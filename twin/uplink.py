@@ -19,6 +19,7 @@ from typing import Annotated, Literal
 from pydantic import Field, StringConstraints, ValidationInfo, model_validator
 
 from twin.base import B2LModel, BatteryId, SequenceNumber, ShortText, StorableJson, UtcDatetime
+from twin.cells import MAX_CELLS_PER_GROUP, CellGroup, empty
 from twin.commands import CommandAck
 from twin.measurements import (
     CellEstimate,
@@ -33,8 +34,7 @@ NUL_REASON = "body: NUL characters (\\u0000) are not accepted in text"
 """Why a batch holding one is refused: PostgreSQL stores no NUL in text or jsonb."""
 _NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 MAX_RECORDS_PER_BATCH = 10_000
-MAX_CELLS_PER_RECORD = 4_096
-_MAX_CELLS = MAX_CELLS_PER_RECORD
+MAX_CELLS_PER_RECORD = MAX_CELLS_PER_GROUP
 
 
 def has_nul(json_text: bytes) -> bool:
@@ -57,10 +57,18 @@ class TelemetryRecord(B2LModel):
     kind: Literal["telemetry"] = "telemetry"
     seq: SequenceNumber
     timestamp: UtcDatetime
-    pillar1: list[Pillar1CellMeasurement] = Field(default_factory=list, max_length=_MAX_CELLS)
-    pillar2: list[Pillar2CellData] = Field(default_factory=list, max_length=_MAX_CELLS)
+    pillar1: CellGroup[Pillar1CellMeasurement] = Field(
+        default_factory=lambda: empty(Pillar1CellMeasurement), validate_default=False
+    )
+    """Cells or columns (``twin.cells``), at most ``MAX_CELLS_PER_RECORD``; so are ``pillar2``
+    and ``estimates``."""
+    pillar2: CellGroup[Pillar2CellData] = Field(
+        default_factory=lambda: empty(Pillar2CellData), validate_default=False
+    )
     packs: list[PackMeasurement] = Field(default_factory=list, max_length=64)
-    estimates: list[CellEstimate] = Field(default_factory=list, max_length=_MAX_CELLS)
+    estimates: CellGroup[CellEstimate] = Field(
+        default_factory=lambda: empty(CellEstimate), validate_default=False
+    )
 
     @model_validator(mode="after")
     def _not_empty(self) -> TelemetryRecord:
@@ -72,13 +80,13 @@ class TelemetryRecord(B2LModel):
             ("estimates", self.estimates),
         )
         for name, group in groups:
-            if len(group) > 1 and len({c.cell_id for c in group}) != len(group):
+            if len(group) > 1 and len(set(ids := group.cell_ids)) != len(ids):
                 raise ValueError(f"{name} lists a cell_id twice")
         return self
 
     def cell_ids(self) -> set[int]:
         """Every cell id the record mentions."""
-        return {c.cell_id for group in (self.pillar1, self.pillar2, self.estimates) for c in group}
+        return {c for group in (self.pillar1, self.pillar2, self.estimates) for c in group.cell_ids}
 
 
 class EisRecord(B2LModel):

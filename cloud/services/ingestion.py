@@ -27,11 +27,12 @@ from __future__ import annotations
 import itertools
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 from sqlalchemy import select
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -58,6 +59,7 @@ from cloud.services.commands import ack_effect, apply_ack
 from cloud.services.mirror import CloudEvent, CloudMirror
 from cloud.services.twins import ReportedSide, lock_reported, merge_reported, store_reported
 from cloud.settings import CloudSettings
+from twin.cells import form_errors
 from twin.commands import CommandStatus
 from twin.estimation import SocEstimator
 from twin.topology import BatteryTopology
@@ -106,6 +108,12 @@ _P2_COLUMNS = (
     "temperature_c",
 )
 _EST_COLUMNS = ("battery_id", "seq", "ts", "cell_id", "soc", "soc_std", "sos")
+_CELL_TABLES = (
+    ("pillar1", CellPillar1Row, _P1_COLUMNS),
+    ("pillar2", CellPillar2Row, _P2_COLUMNS),
+    ("estimates", CellEstimateRow, _EST_COLUMNS),
+)
+"""The cell groups of a telemetry record and their tables (columns: battery, seq, ts, fields)."""
 _PACK_COLUMNS = (
     "battery_id",
     "seq",
@@ -217,7 +225,7 @@ def topology_reasons(batch: UplinkBatch, topology: BatteryTopology) -> list[str]
 def validation_reasons(exc: ValidationError) -> list[str]:
     """One readable line per pydantic error (``records.3.pillar1.0.voltage_v: ...``)."""
     lines = []
-    for error in exc.errors()[:MAX_REASONS]:
+    for error in form_errors(exc.errors())[:MAX_REASONS]:  # no noise of the cells form not sent
         where = ".".join(str(p) for p in error["loc"]) or "batch"
         lines.append(f"{where}: {error['msg']}")
     return lines
@@ -544,22 +552,18 @@ class IngestionService:
     def _write_telemetry(
         session: Session, parts: Sequence[tuple[str, Sequence[TelemetryRecord]]]
     ) -> None:
-        """One COPY (or executemany) per table for the telemetry of every battery."""
-
-        def rows(convert: _RowsOf) -> Iterable[bulk.Row]:
-            return itertools.chain.from_iterable(convert(b, rs) for b, rs in parts if rs)
-
+        """One COPY (or executemany) per table for the telemetry of every battery: the cells
+        column by column (``bulk.write_blocks``), the packs row by row."""
         records = [r for _, rs in parts for r in rs]
         if not records:
             return
-        if any(r.pillar1 for r in records):
-            bulk.write_rows(session, CellPillar1Row, _P1_COLUMNS, rows(_pillar1_rows))
-        if any(r.pillar2 for r in records):
-            bulk.write_rows(session, CellPillar2Row, _P2_COLUMNS, rows(_pillar2_rows))
-        if any(r.estimates for r in records):
-            bulk.write_rows(session, CellEstimateRow, _EST_COLUMNS, rows(_estimate_rows))
+        for group, model, columns in _CELL_TABLES:
+            if any(getattr(r, group) for r in records):
+                blocks = _cell_blocks(parts, group, columns[3:])
+                bulk.write_blocks(session, model, columns, blocks)
         if any(r.packs for r in records):
-            bulk.write_rows(session, PackRow, _PACK_COLUMNS, rows(_pack_rows))
+            packs = itertools.chain.from_iterable(_pack_rows(b, rs) for b, rs in parts if rs)
+            bulk.write_rows(session, PackRow, _PACK_COLUMNS, packs)
 
     @staticmethod
     def _apply_acks(
@@ -618,56 +622,33 @@ class IngestionService:
         return step.events
 
 
-_RowsOf = Callable[[str, Sequence[TelemetryRecord]], Iterator[bulk.Row]]
-
-
 def _is_missing_partition(exc: BaseException) -> bool:
     """A PostgreSQL 'no partition of relation ... found for row' error."""
     return getattr(exc, "sqlstate", None) == "23514" and "no partition" in str(exc)
 
 
-def _pillar1_rows(battery_id: str, records: Sequence[TelemetryRecord]) -> Iterator[bulk.Row]:
-    for r in records:
-        seq, ts = r.seq, r.timestamp
-        for m in r.pillar1:
-            yield (
-                battery_id,
-                seq,
-                ts,
-                m.cell_id,
-                m.voltage_v,
-                m.temperature_c,
-                m.current_a,
-                m.sot,
-                m.phase,
-                m.soc,
-                m.sos,
+def _cell_blocks(
+    parts: Sequence[tuple[str, Sequence[TelemetryRecord]]], group: str, fields: Sequence[str]
+) -> Iterator[bulk.Block]:
+    """One ``bulk`` block per battery of a cell group's rows ``(battery_id, seq, ts, *fields)``:
+    the battery id once, seq and ts repeated for each cell of a record, then the cells' fields
+    read column by column (a group that arrived as columns builds no cell model)."""
+    for battery_id, records in parts:
+        groups = [(r, cells) for r in records if (cells := getattr(r, group))]
+        if not groups:
+            continue
+        counts = [len(cells) for _, cells in groups]
+        seqs = np.repeat(np.array([r.seq for r, _ in groups], dtype=np.int64), counts)
+        stamps = list(
+            itertools.chain.from_iterable(
+                itertools.repeat(r.timestamp, n) for (r, _), n in zip(groups, counts, strict=True)
             )
-
-
-def _pillar2_rows(battery_id: str, records: Sequence[TelemetryRecord]) -> Iterator[bulk.Row]:
-    for r in records:
-        seq, ts = r.seq, r.timestamp
-        for m in r.pillar2:
-            yield (
-                battery_id,
-                seq,
-                ts,
-                m.cell_id,
-                m.soc,
-                m.soh,
-                m.sos,
-                m.equivalent_cycles,
-                m.voltage_v,
-                m.temperature_c,
-            )
-
-
-def _estimate_rows(battery_id: str, records: Sequence[TelemetryRecord]) -> Iterator[bulk.Row]:
-    for r in records:
-        seq, ts = r.seq, r.timestamp
-        for m in r.estimates:
-            yield (battery_id, seq, ts, m.cell_id, m.soc, m.soc_std, m.sos)
+        )
+        cells = [
+            list(itertools.chain.from_iterable(c.column(name) for _, c in groups))
+            for name in fields
+        ]
+        yield (battery_id, seqs, stamps, *cells)
 
 
 def _pack_rows(battery_id: str, records: Sequence[TelemetryRecord]) -> Iterator[bulk.Row]:

@@ -85,10 +85,11 @@ class _Cells:
         self.voltage_v = np.full(n_cells, np.nan)
         self.current_a = held_i.copy()
         self.temperature_c = held_t.copy()
-        for m in record.pillar1:
-            self.voltage_v[m.cell_id] = m.voltage_v
-            self.current_a[m.cell_id] = m.current_a
-            self.temperature_c[m.cell_id] = m.temperature_c
+        cells = record.pillar1
+        ids = np.asarray(cells.cell_ids, dtype=np.intp)  # distinct (the record's own rule)
+        self.voltage_v[ids] = cells.column("voltage_v")
+        self.current_a[ids] = cells.column("current_a")
+        self.temperature_c[ids] = cells.column("temperature_c")
 
 
 class CloudMirror:

@@ -20,11 +20,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, TypeVar
+from itertools import count, repeat
+from typing import Any
 
 from pydantic import JsonValue
 
-from twin.measurements import CellEstimate, PackMeasurement, Pillar1CellMeasurement, Pillar2CellData
+from twin.cells import CellGroup
+from twin.measurements import PackMeasurement
 from twin.uplink import TelemetryRecord
 
 JsonObject = dict[str, JsonValue]
@@ -34,7 +36,6 @@ TELEMETRY_KEYS = frozenset({"seq", "timestamp", "cells", "packs", "estimates", "
 """Top-level keys of ``reported`` owned by telemetry; edge-reported settings may not use them."""
 
 _Stamp = tuple[int, datetime]  # (seq, timestamp): ISO text only for what the patch shows
-_M = TypeVar("_M")
 
 
 def _newer(current: Mapping[str, Any], key: str, seq: int) -> bool:
@@ -44,29 +45,29 @@ def _newer(current: Mapping[str, Any], key: str, seq: int) -> bool:
     )
 
 
-def _pillar1(m: Pillar1CellMeasurement) -> dict[str, JsonValue]:
+def _pillar1(cell: Mapping[str, Any]) -> dict[str, JsonValue]:
     return {
-        "voltage_v": m.voltage_v,
-        "temperature_c": m.temperature_c,
-        "current_a": m.current_a,
-        "sot": m.sot,
-        "phase": m.phase,
-        "soc": m.soc,
-        "sos": m.sos,
+        "voltage_v": cell["voltage_v"],
+        "temperature_c": cell["temperature_c"],
+        "current_a": cell["current_a"],
+        "sot": cell["sot"],
+        "phase": cell["phase"],
+        "soc": cell["soc"],
+        "sos": cell["sos"],
     }
 
 
-def _pillar2(m: Pillar2CellData) -> dict[str, JsonValue]:
+def _pillar2(cell: Mapping[str, Any]) -> dict[str, JsonValue]:
     out: dict[str, JsonValue] = {
-        "soc": m.soc,
-        "soh": m.soh,
-        "sos": m.sos,
-        "equivalent_cycles": m.equivalent_cycles,
+        "soc": cell["soc"],
+        "soh": cell["soh"],
+        "sos": cell["sos"],
+        "equivalent_cycles": cell["equivalent_cycles"],
     }
-    if m.voltage_v is not None:
-        out["voltage_v"] = m.voltage_v
-    if m.temperature_c is not None:
-        out["temperature_c"] = m.temperature_c
+    if cell["voltage_v"] is not None:
+        out["voltage_v"] = cell["voltage_v"]
+    if cell["temperature_c"] is not None:
+        out["temperature_c"] = cell["temperature_c"]
     return out
 
 
@@ -79,21 +80,46 @@ def _pack(m: PackMeasurement) -> dict[str, JsonValue]:
     }
 
 
-def _estimate(m: CellEstimate) -> dict[str, JsonValue]:
-    return {"soc": m.soc, "soc_std": m.soc_std, "sos": m.sos}
+def _estimate(cell: Mapping[str, Any]) -> dict[str, JsonValue]:
+    return {"soc": cell["soc"], "soc_std": cell["soc_std"], "sos": cell["sos"]}
 
 
-def _newest(
-    latest: Mapping[int, tuple[_M, _Stamp]],
-    shown: Any,
-    convert: Callable[[_M], dict[str, JsonValue]],
+_Latest = dict[int, tuple[CellGroup[Any], int, _Stamp]]
+"""The newest value of each cell: its group, its index in the group, and the record's stamp."""
+
+
+def _take(latest: _Latest, group: CellGroup[Any], stamp: _Stamp) -> None:
+    """Record every cell of ``group`` as the newest (later records overwrite)."""
+    if group:
+        cells = zip(repeat(group), count(), repeat(stamp))  # endless, stops with the ids
+        latest.update(zip(group.cell_ids, cells, strict=False))
+
+
+def _newest_cells(
+    latest: _Latest, shown: Any, convert: Callable[[Mapping[str, Any]], dict[str, JsonValue]]
 ) -> dict[str, JsonValue]:
-    """The entries of ``latest`` newer than what ``shown`` holds, as reported objects."""
+    """The cells of ``latest`` newer than what ``shown`` holds, as reported objects."""
     shown = shown if isinstance(shown, dict) else {}
     group: dict[str, JsonValue] = {}
-    for index, (value, (seq, ts)) in sorted(latest.items()):
+    for cell_id, (cells, index, (seq, ts)) in sorted(latest.items()):
+        if _newer(shown, str(cell_id), seq):
+            group[str(cell_id)] = {
+                "seq": seq,
+                "timestamp": ts.isoformat(),
+                **convert(cells.values(index)),
+            }
+    return group
+
+
+def _newest_packs(
+    latest: Mapping[int, tuple[PackMeasurement, _Stamp]], shown: Any
+) -> dict[str, JsonValue]:
+    """The packs of ``latest`` newer than what ``shown`` holds, as reported objects."""
+    shown = shown if isinstance(shown, dict) else {}
+    group: dict[str, JsonValue] = {}
+    for index, (pack, (seq, ts)) in sorted(latest.items()):
         if _newer(shown, str(index), seq):
-            group[str(index)] = {"seq": seq, "timestamp": ts.isoformat(), **convert(value)}
+            group[str(index)] = {"seq": seq, "timestamp": ts.isoformat(), **_pack(pack)}
     return group
 
 
@@ -104,20 +130,17 @@ def telemetry_patch(records: Sequence[TelemetryRecord], reported: Mapping[str, A
     """
     if not records:
         return {}
-    p1: dict[int, tuple[Pillar1CellMeasurement, _Stamp]] = {}
-    p2: dict[int, tuple[Pillar2CellData, _Stamp]] = {}
+    p1: _Latest = {}
+    p2: _Latest = {}
+    estimates: _Latest = {}
     latest_packs: dict[int, tuple[PackMeasurement, _Stamp]] = {}
-    estimates: dict[int, tuple[CellEstimate, _Stamp]] = {}
     for record in records:
         stamp = (record.seq, record.timestamp)
-        for m1 in record.pillar1:
-            p1[m1.cell_id] = (m1, stamp)
-        for m2 in record.pillar2:
-            p2[m2.cell_id] = (m2, stamp)
+        _take(p1, record.pillar1, stamp)
+        _take(p2, record.pillar2, stamp)
+        _take(estimates, record.estimates, stamp)
         for pack in record.packs:
             latest_packs[pack.pack_index] = (pack, stamp)
-        for estimate in record.estimates:
-            estimates[estimate.cell_id] = (estimate, stamp)
 
     shown_cells = reported.get("cells") or {}
     cells: dict[str, JsonValue] = {}
@@ -126,10 +149,10 @@ def telemetry_patch(records: Sequence[TelemetryRecord], reported: Mapping[str, A
         parts: list[tuple[_Stamp, dict[str, JsonValue]]] = []
         first = p1.get(cell_id)
         if first is not None:
-            parts.append((first[1], _pillar1(first[0])))
+            parts.append((first[2], _pillar1(first[0].values(first[1]))))
         second = p2.get(cell_id)
         if second is not None:
-            parts.append((second[1], _pillar2(second[0])))
+            parts.append((second[2], _pillar2(second[0].values(second[1]))))
         parts.sort(key=lambda part: part[0])  # the newer source wins a shared key
         values: dict[str, JsonValue] = {}
         for _, part in parts:
@@ -142,8 +165,8 @@ def telemetry_patch(records: Sequence[TelemetryRecord], reported: Mapping[str, A
     if cells:
         patch["cells"] = cells
     for name, group in (
-        ("packs", _newest(latest_packs, reported.get("packs"), _pack)),
-        ("estimates", _newest(estimates, reported.get("estimates"), _estimate)),
+        ("packs", _newest_packs(latest_packs, reported.get("packs"))),
+        ("estimates", _newest_cells(estimates, reported.get("estimates"), _estimate)),
     ):
         if group:
             patch[name] = group

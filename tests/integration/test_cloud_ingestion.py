@@ -17,6 +17,7 @@ from cloud_db_support import (
     count,
     migrated_database,
     register,
+    simple_cell,
     stored_seqs,
     telemetry,
     telemetry_batch,
@@ -33,6 +34,7 @@ from cloud.db.models import (
     EisRow,
     EventRow,
     PackRow,
+    TwinRow,
 )
 from cloud.db.partitions import list_partitions
 from cloud.errors import BatchRejectedError, NotFoundError, WrongBatteryError
@@ -41,7 +43,9 @@ from cloud.services.ingestion import IngestionService
 from cloud.services.twins import TwinService
 from cloud.settings import CloudSettings
 from hil.services import PostgresServer
+from twin.cells import COLUMNS_CONTEXT
 from twin.commands import CommandStatus, ReportingPeriod
+from twin.uplink import TelemetryRecord, UplinkBatch
 
 pytestmark = pytest.mark.integration
 
@@ -151,6 +155,48 @@ def test_prefetch_reads_the_batteries_it_lacks_in_one_query(
         event.remove(db.engine, "before_cursor_execute", seen)
     with pytest.raises(NotFoundError):  # an unknown battery is still refused
         ingestion.check(telemetry_batch([1], battery_id="nope"))
+
+
+def test_cells_sent_as_columns_are_stored_as_the_same_rows_and_twin(db: Database) -> None:
+    """One batch (Pillar 1, Pillar 2 with and without voltages, estimates, packs) sent as cells
+    to one battery and as columns to another, both with the cloud mirror: equal rows in every
+    table, equal reported state, metadata and mirror state."""
+    register(db, "B-A", cell_parameters=simple_cell())
+    register(db, "B-B", cell_parameters=simple_cell())
+    service = IngestionService(db, _settings(mirror_period_s=0.0))
+    source = telemetry_batch(range(1, 31), pillar2=True)
+    records = []
+    for r in source.records:
+        assert isinstance(r, TelemetryRecord)
+        pillar2 = [  # odd cells with a voltage and a temperature, even ones without
+            c.model_copy(update={"voltage_v": 3.3, "temperature_c": 21.0}) if c.cell_id % 2 else c
+            for c in r.pillar2
+        ]
+        cut = pillar2[:4] if r.seq % 2 else pillar2  # some records with fewer Pillar 2 cells
+        records.append(TelemetryRecord(**{**dict(r), "pillar2": cut}))
+    now = T0 + timedelta(minutes=5)
+    for battery_id, context in (("B-A", None), ("B-B", COLUMNS_CONTEXT)):
+        body = UplinkBatch(battery_id=battery_id, records=records).model_dump_json(context=context)
+        assert ('"pillar1":{"cell_id"' in body) == (context is not None)
+        service.ingest_json(body, now=now)
+
+    def rows(model: type[Any], battery_id: str) -> list[tuple[Any, ...]]:
+        table = model.__table__
+        columns = [c for c in table.c if c.name != "battery_id"]
+        with db.read() as session:
+            return sorted(
+                session.execute(select(*columns).where(table.c.battery_id == battery_id)).all()
+            )
+
+    for model in (CellPillar1Row, CellPillar2Row, CellEstimateRow, PackRow):
+        assert rows(model, "B-A") == rows(model, "B-B") != []
+    with db.read() as session:
+        twins = {t.battery_id: t for t in session.scalars(select(TwinRow))}
+        a, b = twins["B-A"], twins["B-B"]
+        assert a.reported == b.reported and a.reported["cells"]["7"]["seq"] == 30
+        assert a.reported["cells"]["1"]["voltage_v"] == 3.3  # Pillar 2's, the newer source
+        assert a.reported_metadata == b.reported_metadata
+        assert a.estimator_state == b.estimator_state is not None
 
 
 def test_a_retried_batch_is_stored_once(db: Database, ingestion: IngestionService) -> None:
