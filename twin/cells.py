@@ -14,10 +14,11 @@ same fields and the same limits:
 
 Both become a ``CellGroup``: a read-only sequence of the cell models for code that iterates
 cells, and ``column(name)`` / ``values(index)`` for code that reads a field of every cell
-(storage, the twin's reported state, the cloud mirror) without building a model per cell. The
-columns form costs the cloud about a third of the cells form to parse (no model per cell), and
-its JSON is about 40 % of the size. A group is written as cells unless the serialisation context
-asks for columns: ``model_dump_json(context=COLUMNS_CONTEXT)``.
+(storage, the twin's reported state, the cloud mirror) without building a model per cell. In
+pydantic itself the columns form costs less than half of the cells form to validate (no model
+per cell: 0.56 against 1.39 µs per cell), and its JSON is about 40 % of the size. A group is
+written as cells unless the serialisation context asks for columns:
+``model_dump_json(context=COLUMNS_CONTEXT)``.
 
 The columns model of a cell model is derived from it (``columns_model``): every field becomes a
 list of the same constrained type, so the two forms cannot drift apart.
@@ -231,7 +232,7 @@ def form_errors(errors: Sequence[ErrorDetails]) -> list[ErrorDetails]:
     real: set[tuple[int | str, ...]] = set()
     for error in errors:
         loc = tuple(error["loc"])
-        if loc and loc[-1] in (CELLS, COLUMNS) and error["type"] in _WRONG_TYPE:
+        if loc and (loc[-1], error["type"]) in _WRONG_FORM:
             wrong_form.setdefault(loc[:-1], error)
             continue
         kept.append(error)
@@ -255,7 +256,10 @@ def form_errors(errors: Sequence[ErrorDetails]) -> list[ErrorDetails]:
 
 CELLS = "cells"
 COLUMNS = "columns"
-_WRONG_TYPE = frozenset({"list_type", "model_type", "dict_type", "model_attributes_type"})
+_WRONG_FORM = frozenset(
+    {(CELLS, "list_type"), (COLUMNS, "model_type"), (COLUMNS, "model_attributes_type")}
+)
+"""(place, error type) of a group's input tried in the form it is not."""
 
 
 def _serialise(group: CellGroup[Any], info: core_schema.SerializationInfo) -> Any:
