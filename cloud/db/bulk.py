@@ -196,4 +196,13 @@ def _numbers(value: Any, pg_type: str) -> Any:
     numbers = np.asarray(value)  # None makes an object array, True a boolean one
     if numbers.dtype.kind not in ("iuf" if pg_type == "float8" else "iu"):
         raise _NotVectorisable
+    limits = _INTEGER_LIMITS.get(pg_type)
+    if limits is not None and numbers.size:
+        low, high = numbers.min(), numbers.max()
+        if low < limits[0] or high > limits[1]:  # numpy (and psycopg's binary COPY) would wrap it
+            raise ValueError(f"{low if low < limits[0] else high} is out of range for {pg_type}")
     return numbers
+
+
+_INTEGER_LIMITS = {"int2": (-(2**15), 2**15 - 1), "int4": (-(2**31), 2**31 - 1)}
+"""Integer columns narrower than numpy's int64: a value beyond them is refused, not wrapped."""

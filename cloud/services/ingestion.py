@@ -223,7 +223,8 @@ def topology_reasons(batch: UplinkBatch, topology: BatteryTopology) -> list[str]
 
 
 def validation_reasons(exc: ValidationError) -> list[str]:
-    """One readable line per pydantic error (``records.3.pillar1.0.voltage_v: ...``)."""
+    """One readable line per pydantic error (``records.3.telemetry.pillar1.cells.0.voltage_v:
+    ...``), without the other cell form's noise (``twin.cells.form_errors``)."""
     lines = []
     for error in form_errors(exc.errors())[:MAX_REASONS]:  # no noise of the cells form not sent
         where = ".".join(str(p) for p in error["loc"]) or "batch"

@@ -114,3 +114,16 @@ def test_a_block_with_columns_of_different_lengths_is_refused(db: Database) -> N
     with pytest.raises(ValueError, match="differ in length"):
         write(db, CellPillar1Row, P1, [block])
     assert stored(db, CellPillar1Row, P1) == []
+
+
+def test_an_integer_out_of_its_column_range_is_refused_not_wrapped(db: Database) -> None:
+    """psycopg's binary COPY would store 2**31 in an int4 column as -2**31: refused instead
+    (SQLite's integers are 64-bit: stored there)."""
+    block = ("B-1", [1, 2], T0, [0, 2**31], 3.3, 20.0, 1.0, 0.0, 0.0, 0.5, 0.9)  # int4 cell_id
+    if db.is_postgresql:
+        with pytest.raises(ValueError, match=r"2147483648 is out of range for int4"):
+            write(db, CellPillar1Row, P1, [block])
+        assert stored(db, CellPillar1Row, P1) == []
+    else:
+        write(db, CellPillar1Row, P1, [block])
+        assert [r[3] for r in stored(db, CellPillar1Row, P1)] == [0, 2**31]
