@@ -164,7 +164,7 @@ class CellGroup(Sequence[M], Generic[M]):
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, CellGroup):
-            return self._cell_model is other._cell_model and self._dicts() == other._dicts()
+            return self._cell_model is other._cell_model and self.to_cells() == other.to_cells()
         if isinstance(other, list | tuple):
             return list(self.rows) == list(other)
         return NotImplemented
@@ -175,12 +175,9 @@ class CellGroup(Sequence[M], Generic[M]):
         form = "columns" if self.is_columns else "cells"
         return f"CellGroup[{self._cell_model.__name__}]({len(self)} {form})"
 
-    def _dicts(self) -> list[dict[str, Any]]:
-        return [self.values(i) for i in range(len(self))]
-
     def to_cells(self) -> list[dict[str, Any]]:
         """The cells form: one dict per cell."""
-        return self._dicts()
+        return [self.values(i) for i in range(len(self))]
 
     def to_columns(self) -> dict[str, list[Any]]:
         """The columns form: one list per field."""

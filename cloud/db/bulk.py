@@ -183,14 +183,12 @@ def _numbers(value: Any, pg_type: str) -> Any:
     """``value`` (a column or a scalar) as numbers numpy can store; NULLs, booleans and
     fractions in an integer column are not (the row path lets the driver decide)."""
     if pg_type == "timestamptz":
-        if isinstance(value, datetime):
-            return (value - _PG_EPOCH) // _MICROSECOND
-        runs = [
-            (t, sum(1 for _ in run)) for t, run in itertools.groupby(value)
-        ]  # cells of a record
         try:
+            if isinstance(value, datetime):
+                return (value - _PG_EPOCH) // _MICROSECOND
+            runs = [(t, len(list(run))) for t, run in itertools.groupby(value)]  # a record's cells
             stamps = [(t - _PG_EPOCH) // _MICROSECOND for t, _ in runs]
-        except TypeError:  # None, or not a datetime
+        except TypeError:  # None, a naive or no datetime: the row path lets the driver decide
             raise _NotVectorisable from None
         return np.repeat(np.array(stamps, dtype=np.int64), [n for _, n in runs])
     numbers = np.asarray(value)  # None makes an object array, True a boolean one

@@ -232,15 +232,17 @@ class _MirrorState:
     @classmethod
     def start(cls, estimator: SocEstimator, record: TelemetryRecord, n_cells: int) -> _MirrorState:
         """A new mirror from a first sample: SoC guessed from the voltages."""
-        known = {m.cell_id: m for m in record.pillar1}
-        mean_v = float(np.mean([m.voltage_v for m in known.values()]))
-        mean_i = float(np.mean([m.current_a for m in known.values()]))
-        mean_t = float(np.mean([m.temperature_c for m in known.values()]))
-        voltage = np.array([known[c].voltage_v if c in known else mean_v for c in range(n_cells)])
-        current = np.array([known[c].current_a if c in known else mean_i for c in range(n_cells)])
-        temperature = np.array(
-            [known[c].temperature_c if c in known else mean_t for c in range(n_cells)]
-        )
+        cells = record.pillar1
+        ids = np.asarray(cells.cell_ids, dtype=np.intp)  # distinct (the record's own rule)
+
+        def spread(name: str) -> FloatArray:  # a cell not in the record: the others' mean
+            measured = np.asarray(cells.column(name), dtype=float)
+            values = np.full(n_cells, float(np.mean(measured)))
+            values[ids] = measured
+            return values
+
+        voltage, current = spread("voltage_v"), spread("current_a")
+        temperature = spread("temperature_c")
         ekf = estimator.initial_from_voltage(voltage, current, temperature)
         return cls(
             ekf=ekf,

@@ -25,7 +25,6 @@ from typing import Any
 
 from pydantic import JsonValue
 
-from twin.cells import CellGroup
 from twin.measurements import PackMeasurement
 from twin.uplink import TelemetryRecord
 
@@ -84,42 +83,27 @@ def _estimate(cell: Mapping[str, Any]) -> dict[str, JsonValue]:
     return {"soc": cell["soc"], "soc_std": cell["soc_std"], "sos": cell["sos"]}
 
 
-_Latest = dict[int, tuple[CellGroup[Any], int, _Stamp]]
-"""The newest value of each cell: its group, its index in the group, and the record's stamp."""
+_Latest = dict[int, tuple[Any, int, _Stamp]]
+"""The newest value of each cell or pack: where it is (a cell group or a record's packs), its
+index there, and the record's stamp."""
 
 
-def _take(latest: _Latest, group: CellGroup[Any], stamp: _Stamp) -> None:
-    """Record every cell of ``group`` as the newest (later records overwrite)."""
-    if group:
-        cells = zip(repeat(group), count(), repeat(stamp))  # endless, stops with the ids
-        latest.update(zip(group.cell_ids, cells, strict=False))
+def _take(latest: _Latest, ids: Sequence[int], source: Any, stamp: _Stamp) -> None:
+    """Record the items of ``source`` (keyed by ``ids``) as the newest; later records overwrite."""
+    if ids:
+        where = zip(repeat(source), count(), repeat(stamp))  # endless, stops with the ids
+        latest.update(zip(ids, where, strict=False))
 
 
-def _newest_cells(
-    latest: _Latest, shown: Any, convert: Callable[[Mapping[str, Any]], dict[str, JsonValue]]
+def _newest(
+    latest: _Latest, shown: Any, convert: Callable[[Any, int], dict[str, JsonValue]]
 ) -> dict[str, JsonValue]:
-    """The cells of ``latest`` newer than what ``shown`` holds, as reported objects."""
+    """The entries of ``latest`` newer than what ``shown`` holds, as reported objects."""
     shown = shown if isinstance(shown, dict) else {}
     group: dict[str, JsonValue] = {}
-    for cell_id, (cells, index, (seq, ts)) in sorted(latest.items()):
-        if _newer(shown, str(cell_id), seq):
-            group[str(cell_id)] = {
-                "seq": seq,
-                "timestamp": ts.isoformat(),
-                **convert(cells.values(index)),
-            }
-    return group
-
-
-def _newest_packs(
-    latest: Mapping[int, tuple[PackMeasurement, _Stamp]], shown: Any
-) -> dict[str, JsonValue]:
-    """The packs of ``latest`` newer than what ``shown`` holds, as reported objects."""
-    shown = shown if isinstance(shown, dict) else {}
-    group: dict[str, JsonValue] = {}
-    for index, (pack, (seq, ts)) in sorted(latest.items()):
-        if _newer(shown, str(index), seq):
-            group[str(index)] = {"seq": seq, "timestamp": ts.isoformat(), **_pack(pack)}
+    for key, (source, index, (seq, ts)) in sorted(latest.items()):
+        if _newer(shown, str(key), seq):
+            group[str(key)] = {"seq": seq, "timestamp": ts.isoformat(), **convert(source, index)}
     return group
 
 
@@ -133,26 +117,24 @@ def telemetry_patch(records: Sequence[TelemetryRecord], reported: Mapping[str, A
     p1: _Latest = {}
     p2: _Latest = {}
     estimates: _Latest = {}
-    latest_packs: dict[int, tuple[PackMeasurement, _Stamp]] = {}
+    packs: _Latest = {}
     for record in records:
         stamp = (record.seq, record.timestamp)
-        _take(p1, record.pillar1, stamp)
-        _take(p2, record.pillar2, stamp)
-        _take(estimates, record.estimates, stamp)
-        for pack in record.packs:
-            latest_packs[pack.pack_index] = (pack, stamp)
+        _take(p1, record.pillar1.cell_ids, record.pillar1, stamp)
+        _take(p2, record.pillar2.cell_ids, record.pillar2, stamp)
+        _take(estimates, record.estimates.cell_ids, record.estimates, stamp)
+        _take(packs, [p.pack_index for p in record.packs], record.packs, stamp)
 
     shown_cells = reported.get("cells") or {}
     cells: dict[str, JsonValue] = {}
     for cell_id in sorted(p1.keys() | p2.keys()):
         key = str(cell_id)
         parts: list[tuple[_Stamp, dict[str, JsonValue]]] = []
-        first = p1.get(cell_id)
-        if first is not None:
-            parts.append((first[2], _pillar1(first[0].values(first[1]))))
-        second = p2.get(cell_id)
-        if second is not None:
-            parts.append((second[2], _pillar2(second[0].values(second[1]))))
+        for latest, fields in ((p1, _pillar1), (p2, _pillar2)):
+            found = latest.get(cell_id)
+            if found is not None:
+                source, index, stamp = found
+                parts.append((stamp, fields(source.values(index))))
         parts.sort(key=lambda part: part[0])  # the newer source wins a shared key
         values: dict[str, JsonValue] = {}
         for _, part in parts:
@@ -165,8 +147,11 @@ def telemetry_patch(records: Sequence[TelemetryRecord], reported: Mapping[str, A
     if cells:
         patch["cells"] = cells
     for name, group in (
-        ("packs", _newest_packs(latest_packs, reported.get("packs"))),
-        ("estimates", _newest_cells(estimates, reported.get("estimates"), _estimate)),
+        ("packs", _newest(packs, reported.get("packs"), lambda ps, i: _pack(ps[i]))),
+        (
+            "estimates",
+            _newest(estimates, reported.get("estimates"), lambda es, i: _estimate(es.values(i))),
+        ),
     ):
         if group:
             patch[name] = group

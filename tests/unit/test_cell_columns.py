@@ -200,7 +200,8 @@ def test_a_group_reads_the_same_from_cells_and_from_columns() -> None:
         assert group.to_cells() == cells
         assert group.to_columns() == as_columns(cells, list(p1(0)))
     assert rows == columns and list(rows) == list(columns)
-    assert not columns.is_columns or repr(columns).endswith("(3 columns)")
+    assert columns.is_columns and not rows.is_columns
+    assert repr(columns).endswith("(3 columns)") and repr(rows).endswith("(3 cells)")
     assert rows != CellGroup(Pillar1CellMeasurement, rows=[Pillar1CellMeasurement(**p1(3))])
     with pytest.raises(ValueError, match="rows or columns"):
         CellGroup(Pillar1CellMeasurement)
