@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
-from itertools import count, repeat
 from typing import Any
 
 from pydantic import JsonValue
@@ -88,11 +87,22 @@ _Latest = dict[int, tuple[Any, int, _Stamp]]
 index there, and the record's stamp."""
 
 
-def _take(latest: _Latest, ids: Sequence[int], source: Any, stamp: _Stamp) -> None:
-    """Record the items of ``source`` (keyed by ``ids``) as the newest; later records overwrite."""
-    if ids:
-        where = zip(repeat(source), count(), repeat(stamp))  # endless, stops with the ids
-        latest.update(zip(ids, where, strict=False))
+def _latest(groups: Iterable[tuple[Sequence[int], Any, _Stamp]]) -> _Latest:
+    """The newest place of every id over ``groups`` (``(ids, source, stamp)``, oldest first):
+    which group holds it last is found without a tuple per item, then its index in that group."""
+    held = [group for group in groups if group[0]]  # (a record without packs holds none)
+    last: dict[int, int] = {}
+    for slot, (ids, _, _) in enumerate(held):
+        last.update(dict.fromkeys(ids, slot))
+    indexes: dict[int, dict[int, int]] = {}  # per group holding a newest value: id -> index
+    latest: _Latest = {}
+    for key, slot in last.items():
+        ids, source, stamp = held[slot]
+        where = indexes.get(slot)
+        if where is None:
+            where = indexes[slot] = {k: i for i, k in enumerate(ids)}  # a repeated id: its last
+        latest[key] = (source, where[key], stamp)
+    return latest
 
 
 def _newest(
@@ -114,16 +124,11 @@ def telemetry_patch(records: Sequence[TelemetryRecord], reported: Mapping[str, A
     """
     if not records:
         return {}
-    p1: _Latest = {}
-    p2: _Latest = {}
-    estimates: _Latest = {}
-    packs: _Latest = {}
-    for record in records:
-        stamp = (record.seq, record.timestamp)
-        _take(p1, record.pillar1.cell_ids, record.pillar1, stamp)
-        _take(p2, record.pillar2.cell_ids, record.pillar2, stamp)
-        _take(estimates, record.estimates.cell_ids, record.estimates, stamp)
-        _take(packs, [p.pack_index for p in record.packs], record.packs, stamp)
+    stamped = [(r, (r.seq, r.timestamp)) for r in records]
+    p1 = _latest((g.cell_ids, g, stamp) for r, stamp in stamped if (g := r.pillar1))
+    p2 = _latest((g2.cell_ids, g2, stamp) for r, stamp in stamped if (g2 := r.pillar2))
+    estimates = _latest((ge.cell_ids, ge, stamp) for r, stamp in stamped if (ge := r.estimates))
+    packs = _latest(([p.pack_index for p in r.packs], r.packs, stamp) for r, stamp in stamped)
 
     shown_cells = reported.get("cells") or {}
     cells: dict[str, JsonValue] = {}
