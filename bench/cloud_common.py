@@ -102,6 +102,11 @@ def tree_cpu_s(root_pid: int) -> dict[int, float]:
     return used
 
 
+def cpu_since(before: dict[int, float], after: dict[int, float]) -> dict[int, float]:
+    """CPU seconds each process used between two ``tree_cpu_s`` readings (new ones: all)."""
+    return {pid: cpu - before.get(pid, 0.0) for pid, cpu in after.items()}
+
+
 def wait_for_workers(base_url: str, workers: int, timeout_s: float) -> None:
     """Poll ``/healthz`` on new connections until ``workers`` processes answered (told apart
     by the per-process prefix of their ``x-request-id``): a load started earlier would open

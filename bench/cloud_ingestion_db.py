@@ -48,7 +48,7 @@ from typing import Any, NamedTuple
 
 import httpx
 import psycopg
-from cloud_common import cloud_server, run_clients, token, tree_cpu_s
+from cloud_common import cloud_server, cpu_since, run_clients, token, tree_cpu_s
 
 from cloud.db.engine import Database
 from cloud.db.migrate import upgrade
@@ -234,7 +234,7 @@ def bench_http(url: str, postmaster_pid: int, args: argparse.Namespace) -> HttpR
 
         results, wall = run_clients(http_client, jobs, on_start)
         used = {
-            part: _cpu_since(before[part], tree_cpu_s(pid))
+            part: cpu_since(before[part], tree_cpu_s(pid))
             for part, pid in (("server", server.pid), ("postgresql", postmaster_pid))
         }
         cpu_s = {
@@ -244,11 +244,6 @@ def bench_http(url: str, postmaster_pid: int, args: argparse.Namespace) -> HttpR
             "clients": sum(r["cpu_s"] for r in results),
         }
     return HttpRun(sum(r["rows"] for r in results), wall, cpu_s)
-
-
-def _cpu_since(before: dict[int, float], after: dict[int, float]) -> dict[int, float]:
-    """CPU seconds each process used between two ``tree_cpu_s`` readings (new ones: all)."""
-    return {pid: cpu - before.get(pid, 0.0) for pid, cpu in after.items()}
 
 
 # -- raw COPY and the in-process service -------------------------------------------------------

@@ -16,6 +16,8 @@ process (persistent session, shared subscription, group commits, PUBACK after co
   in the consumers' sessions; then the consumers start again and drain them. Its rate is
   measured in the database: messages stored after the first group commit divided by the time
   from the first to the last commit (``ingested_records.received_at``), so start-up is not in.
+  The CPU time of the consumers', PostgreSQL's and the broker's process trees from the first
+  poll that finds records stored to the last is printed in µs per message.
 * **live**: publishers and consumer run at once (all on the same 2 cores); the rate is from the
   first to the last commit as well.
 * **floor**: the drain again, with ``--consumers`` bare paho clients in place of ``b2l cloud
@@ -39,7 +41,7 @@ from threading import Barrier
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from cloud_common import b2l_argv, cloud_env, cloud_process, run_clients
+from cloud_common import b2l_argv, cloud_env, cloud_process, cpu_since, run_clients, tree_cpu_s
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -221,6 +223,35 @@ def wait_stored(db: Database, n: int, timeout_s: float) -> None:
         time.sleep(0.5)
 
 
+def wait_stored_cpu(
+    db: Database, n: int, timeout_s: float, parts: dict[str, list[int]]
+) -> tuple[int, dict[str, float]]:
+    """``wait_stored`` that also reads the CPU of each part (process trees by root PID) from the
+    first poll that finds records stored to the last: (records stored meanwhile, CPU seconds by
+    part), so start-up and the idle wait before the first commit are left out."""
+    deadline = time.monotonic() + timeout_s
+    first: tuple[int, dict[str, dict[int, float]]] | None = None
+    while True:
+        count = stored(db)
+        if count and first is None:
+            first = count, {part: _trees_cpu_s(pids) for part, pids in parts.items()}
+        if count >= n:
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {count} of {n} stored after {timeout_s}s")
+        time.sleep(0.5)
+    assert first is not None
+    used = {
+        part: sum(cpu_since(first[1][part], _trees_cpu_s(pids)).values())
+        for part, pids in parts.items()
+    }
+    return count - first[0], used
+
+
+def _trees_cpu_s(pids: Sequence[int]) -> dict[int, float]:
+    return {pid: cpu for root in pids for pid, cpu in tree_cpu_s(root).items()}
+
+
 def run_phase(name: str, server: PostgresServer, args: argparse.Namespace) -> dict[str, Any]:
     url = server.create_database(f"bench_mqtt_{name}")
     upgrade(url)
@@ -270,12 +301,22 @@ def run_phase(name: str, server: PostgresServer, args: argparse.Namespace) -> di
             if name == "live":
                 results, wall = run_clients(publisher, jobs)
                 wait_stored(db, args.messages, 600)
+        cpu: dict[str, Any] = {}
         if name == "drain":
             results, wall = run_clients(publisher, jobs)  # queued in the consumers' sessions
             with ExitStack() as running:
-                for consumer_argv in argvs:
-                    running.enter_context(cloud_process(consumer_argv, env))
-                wait_stored(db, args.messages, 600)
+                pids = [
+                    running.enter_context(cloud_process(consumer_argv, env)).pid
+                    for consumer_argv in argvs
+                ]
+                parts = {"consumers": pids, "postgresql": [server.postmaster_pid or 0]}
+                parts["mosquitto"] = [broker.pid or 0]
+                measured, used = wait_stored_cpu(db, args.messages, 600, parts)
+            cpu = {
+                "drain_cpu_us_per_message": {
+                    part: seconds / measured * 1e6 for part, seconds in used.items()
+                }
+            }
         total, first, span_s = commit_span(db)
         with db.read() as session:
             commits = session.execute(
@@ -290,6 +331,7 @@ def run_phase(name: str, server: PostgresServer, args: argparse.Namespace) -> di
         "consumer_messages_per_s": timed / span_s if span_s > 0 else None,
         "consumer_cell_rows_per_s": timed * args.cells / span_s if span_s > 0 else None,
         "messages_per_commit": total / commits if commits else None,
+        **cpu,
     }
 
 

@@ -201,6 +201,11 @@ class _Service:
         return self._root
 
     @property
+    def pid(self) -> int | None:
+        """PID of the server process this object started, while it runs."""
+        return self._proc.pid if self.is_running and self._proc is not None else None
+
+    @property
     def is_running(self) -> bool:
         """True while the server process is alive."""
         return self._proc is not None and self._proc.poll() is None

@@ -6,7 +6,8 @@ on the session's own connection, so it belongs to the session's transaction.
 
 ``write_blocks`` takes the rows column by column instead, in blocks (each column a value for
 every row of the block, or one value for all of them): on PostgreSQL the COPY data of a block of
-numbers, timestamps and one text value is built by numpy at once rather than row by row (the
+numbers, timestamps and texts of one length (one value, or a numpy array of UTF-8 byte strings
+``dtype="S<n>"``) is built by numpy at once rather than row by row (the
 cell time series: a batch of 1,600 cell rows costs about 0.1 instead of 0.8 µs per row); other
 blocks (NULLs, texts that vary) go row by row, with the same result.
 """
@@ -128,13 +129,17 @@ def write_blocks(
 def _rows_of(blocks: Iterable[Block]) -> Iterator[Row]:
     for block in blocks:
         n = _block_length(block)
-        columns = [
-            (v.tolist() if isinstance(v, np.ndarray) else v)  # Python numbers for the drivers
-            if _is_column(v)
-            else itertools.repeat(v, n)
-            for v in block
-        ]
+        columns = [_python_values(v) if _is_column(v) else itertools.repeat(v, n) for v in block]
         yield from zip(*columns, strict=False)
+
+
+def _python_values(column: Any) -> Any:
+    """A column as the drivers take it: Python numbers and ``str`` for a numpy array."""
+    if not isinstance(column, np.ndarray):
+        return column
+    if column.dtype.kind == "S":
+        return [item.decode() for item in column.tolist()]
+    return column.tolist()
 
 
 def _is_column(value: Any) -> bool:
@@ -161,6 +166,8 @@ def _block_bytes(block: Block, types: Sequence[str]) -> tuple[bytes, int]:
         if pg_type == "text" and isinstance(value, str) and value:
             data: Any = value.encode()
             dtype = f"S{len(data)}"
+        elif pg_type == "text" and _is_fixed_width_text(value):
+            data, dtype = value, value.dtype.str
         elif pg_type in _NUMPY_TYPES:
             dtype = _NUMPY_TYPES[pg_type]
             data = _numbers(value, pg_type)
@@ -177,6 +184,14 @@ def _block_bytes(block: Block, types: Sequence[str]) -> tuple[bytes, int]:
         except (OverflowError, TypeError, ValueError):  # the driver says what is wrong
             raise _NotVectorisable from None
     return rows.tobytes(), n
+
+
+def _is_fixed_width_text(value: Any) -> bool:
+    """A numpy array of UTF-8 byte strings all of its item size (numpy pads a shorter one with
+    NUL bytes, which a text must not hold)."""
+    if not (isinstance(value, np.ndarray) and value.dtype.kind == "S" and value.dtype.itemsize):
+        return False
+    return bool(value.size == 0 or np.char.str_len(value).min() == value.dtype.itemsize)
 
 
 def _numbers(value: Any, pg_type: str) -> Any:

@@ -59,7 +59,7 @@ from cloud.services.commands import ack_effect, apply_ack
 from cloud.services.mirror import CloudEvent, CloudMirror
 from cloud.services.twins import ReportedSide, lock_reported, merge_reported, store_reported
 from cloud.settings import CloudSettings
-from twin.cells import form_errors
+from twin.cells import CellGroup, form_errors
 from twin.commands import CommandStatus
 from twin.estimation import SocEstimator
 from twin.topology import BatteryTopology
@@ -631,25 +631,32 @@ def _is_missing_partition(exc: BaseException) -> bool:
 def _cell_blocks(
     parts: Sequence[tuple[str, Sequence[TelemetryRecord]]], group: str, fields: Sequence[str]
 ) -> Iterator[bulk.Block]:
-    """One ``bulk`` block per battery of a cell group's rows ``(battery_id, seq, ts, *fields)``:
-    the battery id once, seq and ts repeated for each cell of a record, then the cells' fields
+    """The ``bulk`` blocks of a cell group's rows ``(battery_id, seq, ts, *fields)``: one block
+    for all the batteries whose ids have one length in bytes (a fleet's ids have one or a few),
+    the battery id and the record's seq and ts repeated for each of its cells, the cells' fields
     read column by column (a group that arrived as columns builds no cell model)."""
+    by_length: dict[int, list[tuple[bytes, TelemetryRecord, CellGroup[Any]]]] = {}
     for battery_id, records in parts:
-        groups = [(r, cells) for r in records if (cells := getattr(r, group))]
+        encoded = battery_id.encode()
+        groups = by_length.setdefault(len(encoded), [])
+        groups.extend((encoded, r, cells) for r in records if (cells := getattr(r, group)))
+    for groups in by_length.values():
         if not groups:
             continue
-        counts = [len(cells) for _, cells in groups]
-        seqs = np.repeat(np.array([r.seq for r, _ in groups], dtype=np.int64), counts)
+        counts = [len(cells) for _, _, cells in groups]
+        ids = np.repeat(np.array([b for b, _, _ in groups]), counts)
+        seqs = np.repeat(np.array([r.seq for _, r, _ in groups], dtype=np.int64), counts)
         stamps = list(
             itertools.chain.from_iterable(
-                itertools.repeat(r.timestamp, n) for (r, _), n in zip(groups, counts, strict=True)
+                itertools.repeat(r.timestamp, n)
+                for (_, r, _), n in zip(groups, counts, strict=True)
             )
         )
         cells = [
-            list(itertools.chain.from_iterable(c.column(name) for _, c in groups))
+            list(itertools.chain.from_iterable(c.column(name) for _, _, c in groups))
             for name in fields
         ]
-        yield (battery_id, seqs, stamps, *cells)
+        yield (ids, seqs, stamps, *cells)
 
 
 def _pack_rows(battery_id: str, records: Sequence[TelemetryRecord]) -> Iterator[bulk.Row]:

@@ -33,6 +33,7 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
     with migrated_database(request, tmp_path) as database:
         register(database, "B-1")
         register(database, "B-22")
+        register(database, "B-2")
         PartitionManager(database.engine).ensure([T0, T0 + timedelta(days=1)])
         yield database
 
@@ -107,6 +108,23 @@ def test_nulls_and_texts_that_vary_take_the_row_path_with_the_same_result(db: Da
     varying = (["B-1", "B-22"], [6, 6], T0, [0, 1], 0.5, 0.9, 0.8, 1.0, 3.3, 20.0)
     assert write(db, CellPillar2Row, P2, [varying]) == 2
     assert {r[0] for r in stored(db, CellPillar2Row, P2) if r[1] == 6} == {"B-1", "B-22"}
+
+
+def test_texts_as_byte_strings_of_one_length_are_stored_as_texts(db: Database) -> None:
+    """The battery ids of several batteries in one block (a numpy array of UTF-8 byte strings);
+    ids of different lengths (numpy pads the shorter with NUL bytes) take the row path."""
+    ids = np.array([b"B-1", b"B-2", b"B-2"])
+    block = (ids, [7, 7, 8], T0, [0, 1, 0], 0.5, 0.9, 0.8, 1.0, 3.3, 20.0)
+    assert write(db, CellPillar2Row, P2, [block]) == 3
+    assert [(r[0], r[1], r[3]) for r in stored(db, CellPillar2Row, P2)] == [
+        ("B-1", 7, 0),
+        ("B-2", 7, 1),
+        ("B-2", 8, 0),
+    ]
+    padded = np.array([b"B-1", b"B-22"])
+    assert padded.dtype.itemsize == 4
+    assert write(db, CellPillar2Row, P2, [(padded, 9, T0, [0, 1], 0.5, 0.9, 0.8, 1.0, 3.3, 20.0)])
+    assert sorted(r[0] for r in stored(db, CellPillar2Row, P2) if r[1] == 9) == ["B-1", "B-22"]
 
 
 def test_a_block_with_columns_of_different_lengths_is_refused(db: Database) -> None:

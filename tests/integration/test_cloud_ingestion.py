@@ -157,6 +157,16 @@ def test_prefetch_reads_the_batteries_it_lacks_in_one_query(
         ingestion.check(telemetry_batch([1], battery_id="nope"))
 
 
+def battery_rows(db: Database, model: type[Any], battery_id: str) -> list[tuple[Any, ...]]:
+    """A battery's rows of a table, sorted, without the battery id."""
+    table = model.__table__
+    columns = [c for c in table.c if c.name != "battery_id"]
+    with db.read() as session:
+        return sorted(
+            session.execute(select(*columns).where(table.c.battery_id == battery_id)).all()
+        )
+
+
 def test_cells_sent_as_columns_are_stored_as_the_same_rows_and_twin(db: Database) -> None:
     """One batch (Pillar 1, Pillar 2 with and without voltages, estimates, packs) sent as cells
     to one battery and as columns to another, both with the cloud mirror: equal rows in every
@@ -180,16 +190,8 @@ def test_cells_sent_as_columns_are_stored_as_the_same_rows_and_twin(db: Database
         assert ('"pillar1":{"cell_id"' in body) == (context is not None)
         service.ingest_json(body, now=now)
 
-    def rows(model: type[Any], battery_id: str) -> list[tuple[Any, ...]]:
-        table = model.__table__
-        columns = [c for c in table.c if c.name != "battery_id"]
-        with db.read() as session:
-            return sorted(
-                session.execute(select(*columns).where(table.c.battery_id == battery_id)).all()
-            )
-
     for model in (CellPillar1Row, CellPillar2Row, CellEstimateRow, PackRow):
-        assert rows(model, "B-A") == rows(model, "B-B") != []
+        assert battery_rows(db, model, "B-A") == battery_rows(db, model, "B-B") != []
     with db.read() as session:
         twins = {t.battery_id: t for t in session.scalars(select(TwinRow))}
         a, b = twins["B-A"], twins["B-B"]
@@ -197,6 +199,30 @@ def test_cells_sent_as_columns_are_stored_as_the_same_rows_and_twin(db: Database
         assert a.reported["cells"]["1"]["voltage_v"] == 3.3  # Pillar 2's, the newer source
         assert a.reported_metadata == b.reported_metadata
         assert a.estimator_state == b.estimator_state is not None
+
+
+def test_a_group_of_batteries_is_stored_as_each_alone(db: Database) -> None:
+    """``ingest_many`` of interleaved batches of batteries whose ids differ in length (the cell
+    rows of a group are written in one block per id length) stores the rows and reported state
+    that ingesting each battery's batches alone stores."""
+    ids = ("G-1", "G-22", "G-3", "G-444")
+    for battery_id in ids + tuple(f"{b}-alone" for b in ids):
+        register(db, battery_id)
+    service = IngestionService(db, _settings())
+    now = T0 + timedelta(minutes=5)
+    groups = [(b, seqs) for seqs in (range(1, 4), range(4, 6)) for b in ids]
+    service.ingest_many([telemetry_batch(s, b, pillar2=True) for b, s in groups], now=now)
+    for battery_id, seqs in groups:
+        service.ingest(telemetry_batch(seqs, f"{battery_id}-alone", pillar2=True), now=now)
+
+    with db.read() as session:
+        twins = {t.battery_id: t.reported for t in session.scalars(select(TwinRow))}
+    for battery_id in ids:
+        for model in (CellPillar1Row, CellPillar2Row, CellEstimateRow):
+            grouped = battery_rows(db, model, battery_id)
+            assert grouped == battery_rows(db, model, f"{battery_id}-alone")
+            assert {r[0] for r in grouped} == set(range(1, 6))  # seq, the first column left
+        assert twins[battery_id] == twins[f"{battery_id}-alone"]
 
 
 def test_a_retried_batch_is_stored_once(db: Database, ingestion: IngestionService) -> None:
