@@ -15,7 +15,7 @@ A throwaway PostgreSQL (``hil.services.PostgresServer``, fsync off) gets three m
   default; cells as columns, as the edge sends them, or one object per cell with
   ``--cell-objects``) to ``/api/v1/batteries/{id}/telemetry`` with the device's bearer token,
   each client owning some batteries and sending their batches in seq order on one keep-alive
-  connection, which the kernel hashes onto one worker for the whole run
+  connection, which the server hands to the worker with the fewest connections
   (``--connection-per-batch``: a new connection for each batch, as an edge uploading every
   minute opens, the server closing connections idle for 5 s); every answer must be 200 (after
   the commit). Bodies are built before the clock starts; the clock runs from the common start
