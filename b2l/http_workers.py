@@ -199,6 +199,7 @@ class Dispatcher:
                 return
             except OSError as exc:  # out of descriptors and the like: the backlog keeps them
                 logger.warning("accepting a connection failed: %s", exc)
+                time.sleep(0.1)  # not at once again: the socket stays readable
                 return
             with connection:
                 self._hand(connection)
