@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 CHANNEL = "b2l_changes"
@@ -32,7 +31,7 @@ ACCESS_PAYLOAD = "access"
 TWINS_PREFIX = "twins:"
 MAX_PAYLOAD_CHARS = 7_000  # PostgreSQL refuses payloads of 8,000 bytes and more
 _SESSION_KEY = "b2l_changes"
-_NOTIFY = text("SELECT pg_notify(:channel, :payload)")
+_NOTIFY_SQL = "SELECT pg_notify(%s, %s)"
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +58,9 @@ def note_changed(session: Session, *, twins: Iterable[str] = (), access: bool = 
     if access:
         noted.add("")  # the access marker (no battery id is empty)
     if session.get_bind().dialect.name == "postgresql" and battery_ids:
-        for payload in twin_payloads(battery_ids):
-            session.execute(_NOTIFY, {"channel": CHANNEL, "payload": payload})
+        driver = session.connection().connection.driver_connection
+        for payload in twin_payloads(battery_ids):  # on the driver: a third of the CPU
+            driver.execute(_NOTIFY_SQL, (CHANNEL, payload), prepare=True)  # type: ignore[union-attr]
 
 
 def take_changes(session: Session) -> Changes | None:
