@@ -10,9 +10,10 @@ them by chance only: 4 keep-alive connections over 2 workers split 2 + 2 in 3 ru
 Here the supervisor listens and accepts every connection itself (one thread, ``Dispatcher``)
 and passes it (``SCM_RIGHTS`` over a Unix socket pair per worker) to the worker with the fewest
 open connections, ties to the one handed fewest so far; the worker tells it when a connection
-closes. The worker (``HandoffServer``) serves the connection as uvicorn would have accepted it
-itself (same protocol class, server state and app state), so TLS, limits and graceful shutdown
-work as before.
+closes. A worker that did not take a connection within ``HANDOFF_TIMEOUT_S`` (hung, its channel
+full) is tried last until it reports a close again or is replaced. The worker
+(``HandoffServer``) serves the connection as uvicorn would have accepted it itself (same protocol
+class, server state and app state), so TLS, limits and graceful shutdown work as before.
 
 The supervision (health checks, replacing a dead or hung worker, SIGTERM/SIGINT, SIGHUP
 restarts one worker after the other) is uvicorn's ``Multiprocess``; a replaced worker takes new
@@ -79,6 +80,7 @@ class Dispatcher:
         self._channels: dict[int, socket.socket] = {}  # worker slot -> supervisor end
         self._open: dict[int, int] = {}  # connections handed and not yet reported closed
         self._handed: dict[int, int] = {}
+        self._stalled: set[int] = set()  # slots that did not take a connection: tried last
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -111,6 +113,7 @@ class Dispatcher:
             # level with the others, so that ties alternate instead of all going to the new one
             others = [self._handed[s] for s in self._channels if s != slot]
             self._handed[slot] = max(others, default=0)
+            self._stalled.discard(slot)
         if old is not None:
             old.close()
         self._wake()
@@ -122,11 +125,6 @@ class Dispatcher:
         if channel is not None:
             channel.close()
         self._wake()
-
-    def open_connections(self) -> dict[int, int]:
-        """Open connections by worker slot, as the dispatcher counts them."""
-        with self._lock:
-            return {slot: self._open[slot] for slot in self._channels}
 
     # -- the dispatcher thread -----------------------------------------------------------------
 
@@ -185,6 +183,7 @@ class Dispatcher:
                 return  # a replaced worker's closes
             if data:
                 self._open[slot] = max(0, self._open[slot] - data.count(_CLOSED))
+                self._stalled.discard(slot)  # it works again
                 return
             del self._channels[slot]  # the worker's end closed: it stopped or died
         channel.close()
@@ -208,7 +207,10 @@ class Dispatcher:
         """Pass ``connection`` to the least busy worker that takes it (the supervisor's copy
         is closed by the caller)."""
         with self._lock:
-            order = sorted(self._channels, key=lambda s: (self._open[s], self._handed[s], s))
+            order = sorted(
+                self._channels,
+                key=lambda s: (s in self._stalled, self._open[s], self._handed[s], s),
+            )
         for slot in order:
             with self._lock:
                 channel = self._channels.get(slot)
@@ -218,6 +220,8 @@ class Dispatcher:
                 socket.send_fds(channel, [_HANDED], [connection.fileno()])
             except OSError as exc:  # a dead or hung worker (TimeoutError is an OSError)
                 logger.warning("worker slot %d did not take a connection: %s", slot, exc)
+                with self._lock:
+                    self._stalled.add(slot)  # others first, until it reports a close
                 continue
             with self._lock:
                 if self._channels.get(slot) is channel:
