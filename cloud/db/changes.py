@@ -59,7 +59,7 @@ def note_changed(session: Session, *, twins: Iterable[str] = (), access: bool = 
         noted.add("")  # the access marker (no battery id is empty)
     if session.get_bind().dialect.name == "postgresql" and battery_ids:
         driver = session.connection().connection.driver_connection
-        for payload in twin_payloads(battery_ids):  # on the driver: a third of the CPU
+        for payload in twin_payloads(battery_ids):  # on the driver: 90 µs of CPU, not 150
             driver.execute(_NOTIFY_SQL, (CHANNEL, payload), prepare=True)  # type: ignore[union-attr]
 
 
