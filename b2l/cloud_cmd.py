@@ -86,7 +86,8 @@ def _add_serve(commands: Any, common: argparse.ArgumentParser) -> None:
         type=_workers,
         default=1,
         metavar="N",
-        help="HTTP worker processes (default 1): one Python process uses one core; the MQTT "
+        help="HTTP worker processes (default 1): one Python process uses one core; the parent "
+        "accepts and hands each connection to the worker with the fewest open ones; the MQTT "
         "side, if any, runs once, in the parent. Rate limits are per process.",
     )
     serve.set_defaults(handler=_serve)
