@@ -16,8 +16,10 @@ process (persistent session, shared subscription, group commits, PUBACK after co
   in the consumers' sessions; then the consumers start again and drain them. Its rate is
   measured in the database: messages stored after the first group commit divided by the time
   from the first to the last commit (``ingested_records.received_at``), so start-up is not in.
-  The CPU time of the consumers', PostgreSQL's and the broker's process trees from the first
-  poll that finds records stored to the last is printed in µs per message.
+  The CPU time of the consumers', PostgreSQL's and the broker's process trees, from the first
+  poll that finds records stored until every twin shows its battery's newest record, is printed
+  in µs per message, with how long the twins took after the last record was stored
+  (``--set B2L_MQTT_TWIN_INTERVAL_S=1``: twins written once a second, not at every commit).
 * **live**: publishers and consumer run at once (all on the same 2 cores); the rate is from the
   first to the last commit as well.
 * **floor**: the drain again, with ``--consumers`` bare paho clients in place of ``b2l cloud
@@ -225,10 +227,12 @@ def wait_stored(db: Database, n: int, timeout_s: float) -> None:
 
 def wait_stored_cpu(
     db: Database, n: int, timeout_s: float, parts: dict[str, list[int]]
-) -> tuple[int, dict[str, float]]:
-    """``wait_stored`` that also reads the CPU of each part (process trees by root PID) from the
-    first poll that finds records stored to the last: (records stored meanwhile, CPU seconds by
-    part), so start-up and the idle wait before the first commit are left out."""
+) -> tuple[int, dict[str, float], float]:
+    """``wait_stored``, then until every twin shows its battery's newest stored record (with
+    ``B2L_MQTT_TWIN_INTERVAL_S`` they follow later), reading the CPU of each part (process
+    trees by root PID) from the first poll that finds records stored to the end: (records
+    stored meanwhile, CPU seconds by part, seconds the twins took after the last record was
+    stored), so start-up and the idle wait before the first commit are left out."""
     deadline = time.monotonic() + timeout_s
     first: tuple[int, dict[str, dict[int, float]]] | None = None
     while True:
@@ -241,11 +245,31 @@ def wait_stored_cpu(
             raise RuntimeError(f"only {count} of {n} stored after {timeout_s}s")
         time.sleep(0.5)
     assert first is not None
+    all_stored = time.monotonic()
+    while twins_behind(db):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{twins_behind(db)} twins behind after {timeout_s}s")
+        time.sleep(0.1)
+    lag_s = time.monotonic() - all_stored
     used = {
         part: sum(cpu_since(first[1][part], _trees_cpu_s(pids)).values())
         for part, pids in parts.items()
     }
-    return count - first[0], used
+    return count - first[0], used, lag_s
+
+
+def twins_behind(db: Database) -> int:
+    """Twins whose reported ``seq`` is older than their battery's newest stored record."""
+    with db.read() as session:
+        return int(
+            session.execute(
+                text(
+                    "SELECT count(*) FROM twins t JOIN (SELECT battery_id, max(seq) AS m "
+                    "FROM ingested_records GROUP BY battery_id) i USING (battery_id) "
+                    "WHERE coalesce((t.reported::json->>'seq')::bigint, 0) < i.m"
+                )
+            ).scalar_one()
+        )
 
 
 def _trees_cpu_s(pids: Sequence[int]) -> dict[int, float]:
@@ -311,11 +335,12 @@ def run_phase(name: str, server: PostgresServer, args: argparse.Namespace) -> di
                 ]
                 parts = {"consumers": pids, "postgresql": [server.postmaster_pid or 0]}
                 parts["mosquitto"] = [broker.pid or 0]
-                measured, used = wait_stored_cpu(db, args.messages, 600, parts)
+                measured, used, lag_s = wait_stored_cpu(db, args.messages, 600, parts)
             cpu = {
                 "drain_cpu_us_per_message": {
                     part: seconds / measured * 1e6 for part, seconds in used.items()
-                }
+                },
+                "twins_current_s_after_last_stored": lag_s,
             }
         total, first, span_s = commit_span(db)
         with db.read() as session:

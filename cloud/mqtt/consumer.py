@@ -50,6 +50,7 @@ from cloud.services.ingestion import (
     CheckedBatch,
     IngestionService,
     IngestResult,
+    TwinBacklog,
     validation_reasons,
 )
 from twin.errors import B2LError, TopicError
@@ -175,6 +176,7 @@ class MqttConsumer:
         dead_letters: DeadLetterStore | None = None,
         max_messages: int = 1000,
         max_wait_s: float = 0.05,
+        twin_interval_s: float = 0.0,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self.ingestion = ingestion
@@ -183,7 +185,10 @@ class MqttConsumer:
         self.dead_letters = dead_letters if dead_letters is not None else DeadLetterStore(None, 0)
         self.max_messages = max_messages
         self.max_wait_s = max_wait_s
+        self.twin_interval_s = twin_interval_s
         self.clock = clock
+        self._backlog: TwinBacklog = {}  # stored telemetry the twins have not seen yet
+        self._backlog_since = 0.0  # when the backlog's oldest part was stored (monotonic)
         self.counts: dict[str, int] = {}
         self.commits = 0
         self.retries = 0
@@ -273,9 +278,26 @@ class MqttConsumer:
             try:
                 group = self._groups.get(timeout=0.1)
             except queue.Empty:
-                continue
+                group = None
             if group is not None:
                 self._commit(group)
+            if self._backlog and time.monotonic() - self._backlog_since >= self.twin_interval_s:
+                self._write_twins()
+        if self._backlog:
+            self._write_twins()  # stopping: what was stored reaches the twins
+
+    def _write_twins(self) -> None:
+        """Merge the telemetry of the groups since the last time into the twins (with
+        ``twin_interval_s``); on failure it stays for the next try."""
+        try:
+            self.ingestion.update_twins(self._backlog, now=self.clock())
+        except Exception as exc:  # the database is away: the rows are stored, try again later
+            log.warning(
+                "twins of %d batteries not written yet: %s", len(self._backlog), _short(exc)
+            )
+            self._backlog_since = time.monotonic()
+            return
+        self._backlog = {}
 
     def _commit(self, group: _Group) -> None:
         delay_s = _RETRY_MIN_S
@@ -332,14 +354,21 @@ class MqttConsumer:
         if not ok:
             return [], dead
         start_s = time.perf_counter()
+        deferred = self._backlog if self.twin_interval_s > 0 else None
+        if deferred is not None and not deferred:
+            self._backlog_since = time.monotonic()
         try:
-            results = self.ingestion.ingest_checked([c for _, c in ok], now=self.clock())
+            results = self.ingestion.ingest_checked(
+                [c for _, c in ok], now=self.clock(), deferred=deferred
+            )
         except DATA_ERRORS as exc:
             log.warning("a group commit failed on its data (%s); storing one by one", _short(exc))
             results = []
             for message, checked in ok:
                 try:
-                    results += self.ingestion.ingest_checked([checked], now=self.clock())
+                    results += self.ingestion.ingest_checked(
+                        [checked], now=self.clock(), deferred=deferred
+                    )
                 except DATA_ERRORS as one:
                     dead.append(_Dead(message, Outcome.POISON, _short(one)))
         self.commits += 1

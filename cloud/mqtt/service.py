@@ -81,6 +81,7 @@ class CloudMqttService:
                 ),
                 max_messages=settings.mqtt_batch_max_messages,
                 max_wait_s=settings.mqtt_batch_max_wait_s,
+                twin_interval_s=settings.mqtt_twin_interval_s,
                 clock=clock,
             )
         with_commands = settings.mqtt_commands if commands is None else commands

@@ -173,6 +173,10 @@ _CLAIM_SQL = (
 """The claim of a batch's keys; parameters in binary (arrays dump 3x faster than as text)."""
 
 
+TwinBacklog = dict[str, list[TelemetryRecord]]
+"""Stored telemetry not yet merged into the twins, by battery, oldest first."""
+
+
 class IngestResult(BaseModel):
     """What one batch did: records newly stored, duplicates skipped, rows written."""
 
@@ -291,12 +295,40 @@ class IngestionService:
         return self.ingest_checked([self.check(batch) for batch in batches], now=now)
 
     def ingest_checked(
-        self, checked: Sequence[CheckedBatch], *, now: datetime | None = None
+        self,
+        checked: Sequence[CheckedBatch],
+        *,
+        now: datetime | None = None,
+        deferred: TwinBacklog | None = None,
     ) -> list[IngestResult]:
-        """``ingest_many`` of batches ``check`` accepted already (not checked again)."""
+        """``ingest_many`` of batches ``check`` accepted already (not checked again).
+
+        ``deferred``: the new telemetry is added to it (by battery, in order) instead of being
+        merged into the twins now; the caller writes it later with ``update_twins``. Acks and
+        edge-reported settings still reach the twins in this transaction.
+        """
         if not checked:
             return []
-        return self._ingest_checked(checked, resolve_now(now))
+        return self._ingest_checked(checked, resolve_now(now), deferred)
+
+    def update_twins(self, backlog: TwinBacklog, *, now: datetime | None = None) -> int:
+        """Merge deferred telemetry (``ingest_checked(deferred=...)``) into the twins and
+        advance the cloud mirror, in one transaction; the twins written. A battery whose twin
+        is gone meanwhile (deleted) is skipped."""
+        if not backlog:
+            return 0
+        moment = resolve_now(now)
+        with self.db.write() as session:
+            sides = lock_reported(session, backlog.keys(), missing_ok=True)
+            raised: list[tuple[str, CloudEvent]] = []
+            for battery_id, side in sides.items():
+                telemetry = sorted(backlog[battery_id], key=lambda r: r.seq)
+                battery = self._battery(battery_id)
+                for event in self._update_twin(side, battery, telemetry, [], moment):
+                    raised.append((battery_id, event))
+            store_reported(session, sides, moment)
+            _write_cloud_events(session, raised, moment)
+        return len(sides)
 
     def check(self, batch: UplinkBatch, device_battery_id: str | None = None) -> CheckedBatch:
         """Refuse a batch that cannot be stored, before any write: WrongBatteryError (another
@@ -324,7 +356,10 @@ class IngestionService:
         return battery
 
     def _ingest_checked(
-        self, prepared: Sequence[tuple[UplinkBatch, _Battery]], now: datetime
+        self,
+        prepared: Sequence[tuple[UplinkBatch, _Battery]],
+        now: datetime,
+        deferred: TwinBacklog | None = None,
     ) -> list[IngestResult]:
         cell_times = [
             r.timestamp
@@ -334,13 +369,13 @@ class IngestionService:
         ]
         self.partitions.ensure(cell_times)
         try:
-            return self._store(prepared, now)
+            return self._store(prepared, now, deferred)
         except Exception as exc:
             if not _is_missing_partition(exc):
                 raise
             self.partitions.forget()  # dropped behind our back: create again, once
             self.partitions.ensure(cell_times)
-            return self._store(prepared, now)
+            return self._store(prepared, now, deferred)
 
     def prefetch(self, battery_ids: Iterable[str]) -> None:
         """Read the batteries among ``battery_ids`` not cached yet, in one query (a consumer
@@ -381,7 +416,10 @@ class IngestionService:
         return battery
 
     def _store(
-        self, prepared: Sequence[tuple[UplinkBatch, _Battery]], now: datetime
+        self,
+        prepared: Sequence[tuple[UplinkBatch, _Battery]],
+        now: datetime,
+        deferred: TwinBacklog | None = None,
     ) -> list[IngestResult]:
         batches = [batch for batch, _ in prepared]
         with self.db.write() as session:
@@ -424,17 +462,15 @@ class IngestionService:
                     _EVENT_COLUMNS,
                     (_edge_event_row(b, e, now) for b, e in events),
                 )
-            per_battery = self._update_batteries(session, prepared, news, now)
+            held: TwinBacklog | None = None if deferred is None else {}
+            per_battery = self._update_batteries(session, prepared, news, now, held)
             cloud_events = [
                 (battery_id, e) for battery_id, (_, events_) in per_battery.items() for e in events_
             ]
-            if cloud_events:
-                bulk.write_rows(
-                    session,
-                    EventRow,
-                    _EVENT_COLUMNS,
-                    (_cloud_event_row(b, e, now) for b, e in cloud_events),
-                )
+            _write_cloud_events(session, cloud_events, now)
+        if deferred is not None and held:
+            for battery_id, telemetry in held.items():  # committed: the caller's to write
+                deferred.setdefault(battery_id, []).extend(telemetry)
         results: list[IngestResult] = []
         seen: set[str] = set()
         for batch, new in zip(batches, news, strict=True):
@@ -466,10 +502,12 @@ class IngestionService:
         prepared: Sequence[tuple[UplinkBatch, _Battery]],
         news: Sequence[Sequence[UplinkRecord]],
         now: datetime,
+        held: TwinBacklog | None = None,
     ) -> dict[str, tuple[int, list[CloudEvent]]]:
         """The acks of every battery (sorted), then one twin update per battery with all its
         new telemetry: the twins locked in one query and written in one executemany (one lock
-        order: commands, then twins by battery). Returns acks applied and cloud events."""
+        order: commands, then twins by battery). Returns acks applied and cloud events.
+        ``held``: the telemetry goes there instead (see ``ingest_checked``)."""
         grouped: dict[str, tuple[_Battery, list[UplinkRecord]]] = {}
         for (batch, battery), new in zip(prepared, news, strict=True):
             entry = grouped.setdefault(batch.battery_id, (battery, []))
@@ -488,6 +526,9 @@ class IngestionService:
             telemetry = sorted(
                 (r for r in records if isinstance(r, TelemetryRecord)), key=lambda r: r.seq
             )
+            if held is not None and telemetry:
+                held[battery_id] = telemetry
+                telemetry = []
             if telemetry or any(patches):
                 updates[battery_id] = (patches, telemetry)
         sides = lock_reported(session, updates.keys()) if updates else {}
@@ -708,6 +749,15 @@ def _edge_event_row(battery_id: str, e: EventRecord, now: datetime) -> bulk.Row:
         e.cell_id,
         dict(e.data),
     )
+
+
+def _write_cloud_events(
+    session: Session, events: Sequence[tuple[str, CloudEvent]], now: datetime
+) -> None:
+    """Store the events the cloud raised (mirror divergence), by battery."""
+    if events:
+        rows = (_cloud_event_row(b, e, now) for b, e in events)
+        bulk.write_rows(session, EventRow, _EVENT_COLUMNS, rows)
 
 
 def _cloud_event_row(battery_id: str, e: CloudEvent, now: datetime) -> bulk.Row:

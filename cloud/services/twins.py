@@ -101,14 +101,17 @@ _STORE_REPORTED = (
 )
 
 
-def lock_reported(session: Session, battery_ids: Collection[str]) -> dict[str, ReportedSide]:
+def lock_reported(
+    session: Session, battery_ids: Collection[str], *, missing_ok: bool = False
+) -> dict[str, ReportedSide]:
     """The reported sides of some twins, in one query that locks their rows in battery order
     for this transaction on PostgreSQL (``SELECT ... ORDER BY ... FOR UPDATE``, so concurrent
-    ingesters never deadlock on them; SQLite's write transactions hold the database lock)."""
+    ingesters never deadlock on them; SQLite's write transactions hold the database lock).
+    NotFoundError for a battery without a twin, unless ``missing_ok`` (then left out)."""
     rows = session.execute(_LOCK_REPORTED, {"battery_ids": sorted(battery_ids)})
     sides = {row[0]: ReportedSide(row[1], row[2], row[3]) for row in rows}
     missing = sorted(set(battery_ids) - sides.keys())
-    if missing:
+    if missing and not missing_ok:
         raise NotFoundError(f"battery {missing[0]!r} has no twin (is it registered?)")
     return sides
 

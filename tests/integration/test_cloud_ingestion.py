@@ -225,6 +225,29 @@ def test_a_group_of_batteries_is_stored_as_each_alone(db: Database) -> None:
         assert twins[battery_id] == twins[f"{battery_id}-alone"]
 
 
+def test_deferred_telemetry_reaches_the_twins_that_still_exist(db: Database) -> None:
+    """``ingest_checked(deferred=...)`` stores the rows and leaves the twins alone;
+    ``update_twins`` writes them later, skipping a twin deleted meanwhile."""
+    register(db, "D-1")
+    register(db, "D-2")
+    service = IngestionService(db, _settings())
+    backlog: dict[str, list[TelemetryRecord]] = {}
+    checked = [service.check(telemetry_batch([1, 2], b)) for b in ("D-1", "D-2")]
+    service.ingest_checked(checked, now=T0, deferred=backlog)
+    service.ingest_checked([service.check(telemetry_batch([3], "D-1"))], deferred=backlog)
+    assert {b: [r.seq for r in rs] for b, rs in backlog.items()} == {
+        "D-1": [1, 2, 3],
+        "D-2": [1, 2],
+    }
+    assert stored_seqs(db, "D-1") == [1, 2, 3]
+    with db.write() as session:
+        assert "cells" not in session.get(TwinRow, "D-1").reported  # type: ignore[union-attr]
+        session.execute(TwinRow.__table__.delete().where(TwinRow.battery_id == "D-2"))
+    assert service.update_twins(backlog, now=T0) == 1
+    with db.read() as session:
+        assert session.get(TwinRow, "D-1").reported["seq"] == 3  # type: ignore[union-attr]
+
+
 def test_a_retried_batch_is_stored_once(db: Database, ingestion: IngestionService) -> None:
     first = ingestion.ingest(telemetry_batch([1, 2, 3]))
     again = ingestion.ingest(telemetry_batch([1, 2, 3]))

@@ -13,15 +13,26 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cloud_db_support import BACKENDS, count, migrated_database, register, stored_seqs, telemetry
+from cloud_db_support import (
+    BACKENDS,
+    batch,
+    count,
+    migrated_database,
+    register,
+    simple_cell,
+    stored_seqs,
+    telemetry,
+)
 from conftest import MqttTestClient
 from sqlalchemy import func, select
 
 from cloud.db.engine import Database
-from cloud.db.models import CellPillar1Row, CommandRow
+from cloud.db.models import CellPillar1Row, CommandRow, TwinRow
 from cloud.mqtt import CloudMqttService
+from cloud.mqtt.consumer import Inbound, MqttConsumer
 from cloud.mqtt.dead_letters import DeadLetterStore
 from cloud.services.commands import CommandService
+from cloud.services.ingestion import IngestionService
 from cloud.settings import CloudSettings
 from edge_runtime.uplink import decode_commands
 from hil.services import MosquittoServer
@@ -353,3 +364,58 @@ def test_a_group_the_database_refuses_is_stored_one_by_one_and_the_culprit_set_a
         ]
     finally:
         database.dispose()
+
+
+def _twin_state(db: Database, battery_id: str) -> tuple[Any, Any]:
+    with db.read() as session:
+        row = session.get(TwinRow, battery_id)
+        assert row is not None
+        return row.reported, row.estimator_state
+
+
+def test_with_a_twin_interval_the_twins_get_the_telemetry_later_and_the_same(
+    db: Database, tmp_path: Path
+) -> None:
+    """``twin_interval_s``: messages are stored and acknowledged at each commit, the twins get
+    their telemetry (and the mirror its records) at the interval or when the consumer stops,
+    and end exactly as when every group commit writes them."""
+    for battery_id in ("W-1", "W-2", "S-1"):
+        register(db, battery_id, cell_parameters=simple_cell())
+    service = IngestionService(db, CloudSettings(_env_file=None, mirror_period_s=0.0))  # type: ignore[call-arg]
+    bodies = [payload("W-1", [seq, seq + 1], pillar2=True) for seq in (1, 3, 5)]
+
+    def run(twin_interval_s: float, battery_id: str) -> tuple[MqttConsumer, list[int]]:
+        acked: list[int] = []
+        consumer = MqttConsumer(
+            service,
+            lambda messages: acked.extend(m.mid for m in messages),
+            dead_letters=DeadLetterStore(tmp_path / "dead", 1 << 20),
+            max_wait_s=0.01,
+            twin_interval_s=twin_interval_s,
+        )
+        for mid, body in enumerate(bodies, start=1):
+            body = body.replace(b'"W-1"', f'"{battery_id}"'.encode())
+            consumer.submit(Inbound(0, mid, 1, f"b2l/v1/{battery_id}/telemetry", body))
+        consumer.start()
+        wait_until(lambda: len(acked) == len(bodies), what="every message acknowledged")
+        return consumer, acked
+
+    consumer, _ = run(60.0, "W-1")  # far longer than the test
+    try:
+        assert stored_seqs(db, "W-1") == [1, 2, 3, 4, 5, 6]
+        reported, mirror = _twin_state(db, "W-1")
+        assert "cells" not in reported and mirror is None  # not yet
+    finally:
+        consumer.stop()
+    reported, mirror = _twin_state(db, "W-1")
+    assert reported["seq"] == 6 and mirror is not None  # written when it stopped
+
+    consumer, _ = run(0.2, "W-2")
+    try:
+        wait_until(lambda: _twin_state(db, "W-2")[0].get("seq") == 6, what="the interval")
+    finally:
+        consumer.stop()
+
+    reference = [batch([telemetry(s, pillar2=True) for s in (q, q + 1)], "S-1") for q in (1, 3, 5)]
+    service.ingest_many(reference)  # every group commit writes the twin
+    assert _twin_state(db, "W-1") == _twin_state(db, "W-2") == _twin_state(db, "S-1")
