@@ -288,9 +288,21 @@ class MqttConsumer:
 
     def _write_twins(self) -> None:
         """Merge the telemetry of the groups since the last time into the twins (with
-        ``twin_interval_s``); on failure it stays for the next try."""
+        ``twin_interval_s``). When the data is refused, battery by battery, leaving out (and
+        logging) the ones refused; on any other failure it all stays for the next try."""
         try:
             self.ingestion.update_twins(self._backlog, now=self.clock())
+        except DATA_ERRORS as exc:
+            log.warning("twins refused their telemetry (%s); writing one by one", _short(exc))
+            for battery_id, telemetry in list(self._backlog.items()):
+                try:
+                    self.ingestion.update_twins({battery_id: telemetry}, now=self.clock())
+                except DATA_ERRORS as one:
+                    log.error("twin of %s left without that telemetry: %s", battery_id, _short(one))
+                except Exception:  # the database went away meanwhile: the rest waits
+                    self._backlog_since = time.monotonic()
+                    return
+                del self._backlog[battery_id]
         except Exception as exc:  # the database is away: the rows are stored, try again later
             log.warning(
                 "twins of %d batteries not written yet: %s", len(self._backlog), _short(exc)

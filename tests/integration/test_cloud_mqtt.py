@@ -419,3 +419,48 @@ def test_with_a_twin_interval_the_twins_get_the_telemetry_later_and_the_same(
     reference = [batch([telemetry(s, pillar2=True) for s in (q, q + 1)], "S-1") for q in (1, 3, 5)]
     service.ingest_many(reference)  # every group commit writes the twin
     assert _twin_state(db, "W-1") == _twin_state(db, "W-2") == _twin_state(db, "S-1")
+
+
+def test_a_twin_that_refuses_its_telemetry_does_not_hold_back_the_others(
+    pg_database: Any, tmp_path: Path
+) -> None:
+    """With ``twin_interval_s``: the database refuses one twin's update (a CHECK constraint this
+    test adds); the other twins of the same interval are written, and so are later ones."""
+    from sqlalchemy import text
+
+    from cloud.db.migrate import upgrade
+
+    upgrade(pg_database.url)
+    database = Database.from_url(pg_database.url)
+    try:
+        register(database, "P-1")
+        register(database, "G-1")
+        with database.write() as session:
+            session.execute(
+                text(
+                    "ALTER TABLE twins ADD CONSTRAINT refuse_p1 "
+                    "CHECK (battery_id <> 'P-1' OR reported::text NOT LIKE '%\"seq\"%')"
+                )
+            )
+        acked: list[int] = []
+        consumer = MqttConsumer(
+            IngestionService(database, CloudSettings(_env_file=None)),  # type: ignore[call-arg]
+            lambda messages: acked.extend(m.mid for m in messages),
+            dead_letters=DeadLetterStore(tmp_path / "dead", 1 << 20),
+            max_wait_s=0.01,
+            twin_interval_s=0.2,
+        )
+        consumer.submit(Inbound(0, 1, 1, "b2l/v1/P-1/telemetry", payload("P-1", [1])))
+        consumer.submit(Inbound(0, 2, 1, "b2l/v1/G-1/telemetry", payload("G-1", [1])))
+        consumer.start()
+        try:
+            wait_until(lambda: _twin_state(database, "G-1")[0].get("seq") == 1, what="G-1")
+            consumer.submit(Inbound(0, 3, 1, "b2l/v1/G-1/telemetry", payload("G-1", [2])))
+            wait_until(lambda: _twin_state(database, "G-1")[0].get("seq") == 2, what="later")
+        finally:
+            consumer.stop()
+        assert sorted(acked) == [1, 2, 3]
+        assert stored_seqs(database, "P-1") == [1]  # the rows are stored all the same
+        assert "seq" not in _twin_state(database, "P-1")[0]
+    finally:
+        database.dispose()
