@@ -4,6 +4,7 @@ group, the command publisher."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import time
@@ -24,9 +25,10 @@ from cloud_db_support import (
     telemetry,
 )
 from conftest import MqttTestClient
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from cloud.db.engine import Database
+from cloud.db.migrate import upgrade
 from cloud.db.models import CellPillar1Row, CommandRow, TwinRow
 from cloud.mqtt import CloudMqttService
 from cloud.mqtt.consumer import Inbound, MqttConsumer
@@ -306,36 +308,46 @@ def test_a_command_nobody_subscribes_to_stays_queued(
         service.stop()
 
 
+@contextlib.contextmanager
+def constrained_database(
+    pg_database: Any, batteries: list[str], constraint: str
+) -> Iterator[Database]:
+    """A migrated PostgreSQL database with ``batteries`` and one more constraint (``ALTER
+    TABLE ...``) that makes it refuse some data."""
+    upgrade(pg_database.url)
+    database = Database.from_url(pg_database.url)
+    try:
+        for battery_id in batteries:
+            register(database, battery_id)
+        with database.write() as session:
+            session.execute(text(constraint))
+        yield database
+    finally:
+        database.dispose()
+
+
+def direct_consumer(
+    database: Database, tmp_path: Path, acked: list[int], **options: Any
+) -> MqttConsumer:
+    """A consumer fed with ``submit`` (no broker), its PUBACKs collected in ``acked``."""
+    return MqttConsumer(
+        IngestionService(database, CloudSettings(_env_file=None)),  # type: ignore[call-arg]
+        lambda messages: acked.extend(m.mid for m in messages),
+        dead_letters=DeadLetterStore(tmp_path / "dead", 1 << 20),
+        **options,
+    )
+
+
 def test_a_group_the_database_refuses_is_stored_one_by_one_and_the_culprit_set_aside(
     pg_database: Any, tmp_path: Path
 ) -> None:
     """The database refuses one message of a group (a CHECK constraint this test adds): the
     group commit fails, the consumer stores the messages one at a time, the good ones land and
     the refused one becomes a ``poison`` dead letter; every message is acknowledged."""
-    from sqlalchemy import text
-
-    from cloud.db.migrate import upgrade
-    from cloud.mqtt.consumer import Inbound, MqttConsumer
-    from cloud.services.ingestion import IngestionService
-
-    upgrade(pg_database.url)
-    database = Database.from_url(pg_database.url)
-    try:
-        register(database, "B-1")
-        with database.write() as session:
-            session.execute(
-                text(
-                    "ALTER TABLE events ADD CONSTRAINT refuse_poison "
-                    "CHECK (event_type <> 'edge.poison')"
-                )
-            )
+    refuse = "ALTER TABLE events ADD CONSTRAINT refuse_poison CHECK (event_type <> 'edge.poison')"
+    with constrained_database(pg_database, ["B-1"], refuse) as database:
         acked: list[int] = []
-        consumer = MqttConsumer(
-            IngestionService(database, CloudSettings(_env_file=None)),  # type: ignore[call-arg]
-            lambda messages: acked.extend(m.mid for m in messages),
-            dead_letters=DeadLetterStore(tmp_path / "dead", 1 << 20),
-            max_wait_s=0.2,
-        )
+        consumer = direct_consumer(database, tmp_path, acked, max_wait_s=0.2)
         event = {
             "kind": "event",
             "seq": 3,
@@ -362,8 +374,6 @@ def test_a_group_the_database_refuses_is_stored_one_by_one_and_the_culprit_set_a
         assert [(d["reason"], json.loads(d["payload"])["records"][0]["seq"]) for d in letters] == [
             ("poison", 3)
         ]
-    finally:
-        database.dispose()
 
 
 def _twin_state(db: Database, battery_id: str) -> tuple[Any, Any]:
@@ -426,30 +436,13 @@ def test_a_twin_that_refuses_its_telemetry_does_not_hold_back_the_others(
 ) -> None:
     """With ``twin_interval_s``: the database refuses one twin's update (a CHECK constraint this
     test adds); the other twins of the same interval are written, and so are later ones."""
-    from sqlalchemy import text
-
-    from cloud.db.migrate import upgrade
-
-    upgrade(pg_database.url)
-    database = Database.from_url(pg_database.url)
-    try:
-        register(database, "P-1")
-        register(database, "G-1")
-        with database.write() as session:
-            session.execute(
-                text(
-                    "ALTER TABLE twins ADD CONSTRAINT refuse_p1 "
-                    "CHECK (battery_id <> 'P-1' OR reported::text NOT LIKE '%\"seq\"%')"
-                )
-            )
+    refuse = (
+        "ALTER TABLE twins ADD CONSTRAINT refuse_p1 "
+        "CHECK (battery_id <> 'P-1' OR reported::text NOT LIKE '%\"seq\"%')"
+    )
+    with constrained_database(pg_database, ["P-1", "G-1"], refuse) as database:
         acked: list[int] = []
-        consumer = MqttConsumer(
-            IngestionService(database, CloudSettings(_env_file=None)),  # type: ignore[call-arg]
-            lambda messages: acked.extend(m.mid for m in messages),
-            dead_letters=DeadLetterStore(tmp_path / "dead", 1 << 20),
-            max_wait_s=0.01,
-            twin_interval_s=0.2,
-        )
+        consumer = direct_consumer(database, tmp_path, acked, max_wait_s=0.01, twin_interval_s=0.2)
         consumer.submit(Inbound(0, 1, 1, "b2l/v1/P-1/telemetry", payload("P-1", [1])))
         consumer.submit(Inbound(0, 2, 1, "b2l/v1/G-1/telemetry", payload("G-1", [1])))
         consumer.start()
@@ -462,5 +455,3 @@ def test_a_twin_that_refuses_its_telemetry_does_not_hold_back_the_others(
         assert sorted(acked) == [1, 2, 3]
         assert stored_seqs(database, "P-1") == [1]  # the rows are stored all the same
         assert "seq" not in _twin_state(database, "P-1")[0]
-    finally:
-        database.dispose()
