@@ -1,6 +1,7 @@
 """The cloud's MQTT side against a real Mosquitto, on SQLite and a real PostgreSQL: stored once
 per (battery, seq), malformed messages set aside and acknowledged, two consumers sharing a
-group, the command publisher."""
+group, the command publisher; the consumer fed directly: a group the database refuses, the
+twins written at an interval."""
 
 from __future__ import annotations
 
