@@ -333,12 +333,16 @@ def run_phase(name: str, server: PostgresServer, args: argparse.Namespace) -> di
                     running.enter_context(cloud_process(consumer_argv, env)).pid
                     for consumer_argv in argvs
                 ]
-                parts = {"consumers": pids, "postgresql": [server.postmaster_pid or 0]}
-                parts["mosquitto"] = [broker.pid or 0]
+                parts = {
+                    "consumers": pids,
+                    "postgresql": [server.postmaster_pid or 0],
+                    "mosquitto": [broker.pid or 0],
+                }
                 measured, used, lag_s = wait_stored_cpu(db, args.messages, 600, parts)
             cpu = {
-                "drain_cpu_us_per_message": {
-                    part: seconds / measured * 1e6 for part, seconds in used.items()
+                "drain_cpu_us_per_message": {  # None: all stored by the first poll (too few)
+                    part: seconds / measured * 1e6 if measured else None
+                    for part, seconds in used.items()
                 },
                 "twins_current_s_after_last_stored": lag_s,
             }

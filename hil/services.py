@@ -111,7 +111,7 @@ def _is_root() -> bool:
     return os.geteuid() == 0
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     """True when ``pid`` exists and is not a zombie."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -577,7 +577,7 @@ class PostgresServer(_Service):
         """Fast shutdown (SIGINT); removes the temp dir unless ``keep_data``."""
         if self.is_running:
             pid = self.postmaster_pid
-            if pid is not None and _pid_alive(pid):
+            if pid is not None and pid_alive(pid):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGINT)
             elif self._pgid is not None:

@@ -24,7 +24,7 @@ import pytest
 
 from b2l.http_workers import listening_socket
 from cloud.security.dev_ca import write_dev_ca
-from hil.services import LOOPBACK, find_free_port, port_accepts
+from hil.services import LOOPBACK, find_free_port, pid_alive, port_accepts
 
 WORKERS = 2
 CONNECTIONS = 48
@@ -133,17 +133,9 @@ def _pid_on(sock: socket.socket) -> int:
     return int(body)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 def _wait_gone(pids: set[int], failure: str) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
-    while any(_alive(pid) for pid in pids):
+    while any(pid_alive(pid) for pid in pids):
         assert time.monotonic() < deadline, failure
         time.sleep(0.1)
 
