@@ -87,12 +87,13 @@ _Latest = dict[int, tuple[Any, int, _Stamp]]
 index there, and the record's stamp."""
 
 
-def _latest(groups: Iterable[tuple[Sequence[int], Any, _Stamp]]) -> _Latest:
-    """The newest place of every id over ``groups`` (``(ids, source, stamp)``, oldest first):
+def _latest(held: Sequence[tuple[Sequence[int], Any, _Stamp]]) -> _Latest:
+    """The newest place of every id over ``held`` (``(ids, source, stamp)``, oldest first):
     which group holds it last is found without a tuple per item, then its index in that group."""
-    held = [group for group in groups if group[0]]  # (a record without packs holds none)
     last: dict[int, int] = {}
     for slot, (ids, _, _) in enumerate(held):
+        if slot + 1 < len(held) and held[slot + 1][0] == ids:
+            continue  # the next group holds the same ids: it overrides them all
         last.update(dict.fromkeys(ids, slot))
     indexes: dict[int, dict[int, int]] = {}  # per group holding a newest value: id -> index
     latest: _Latest = {}
@@ -124,14 +125,23 @@ def telemetry_patch(records: Sequence[TelemetryRecord], reported: Mapping[str, A
     """
     if not records:
         return {}
-    stamped = [(r, (r.seq, r.timestamp)) for r in records]
-    p1 = _latest((g.cell_ids, g, stamp) for r, stamp in stamped if (g := r.pillar1))
-    p2 = _latest((g2.cell_ids, g2, stamp) for r, stamp in stamped if (g2 := r.pillar2))
-    estimates = _latest((ge.cell_ids, ge, stamp) for r, stamp in stamped if (ge := r.estimates))
-    packs = _latest(([p.pack_index for p in r.packs], r.packs, stamp) for r, stamp in stamped)
+    groups: tuple[list[tuple[Sequence[int], Any, _Stamp]], ...] = ([], [], [], [])
+    held_p1, held_p2, held_estimates, held_packs = groups
+    for r in records:  # one walk: a record usually holds one or two of the four
+        stamp = (r.seq, r.timestamp)
+        if r.pillar1:
+            held_p1.append((r.pillar1.cell_ids, r.pillar1, stamp))
+        if r.pillar2:
+            held_p2.append((r.pillar2.cell_ids, r.pillar2, stamp))
+        if r.estimates:
+            held_estimates.append((r.estimates.cell_ids, r.estimates, stamp))
+        if r.packs:
+            held_packs.append(([p.pack_index for p in r.packs], r.packs, stamp))
+    p1, p2, estimates, packs = (_latest(held) for held in groups)
 
     shown_cells = reported.get("cells") or {}
     cells: dict[str, JsonValue] = {}
+    iso: dict[_Stamp, str] = {}  # the cells of a record share its timestamp
     for cell_id in sorted(p1.keys() | p2.keys()):
         key = str(cell_id)
         parts: list[tuple[_Stamp, dict[str, JsonValue]]] = []
@@ -146,7 +156,10 @@ def telemetry_patch(records: Sequence[TelemetryRecord], reported: Mapping[str, A
             values.update(part)
         newest = parts[-1][0]
         if _newer(shown_cells, key, newest[0]):
-            cells[key] = {"seq": newest[0], "timestamp": newest[1].isoformat(), **values}
+            text = iso.get(newest)
+            if text is None:
+                text = iso[newest] = newest[1].isoformat()
+            cells[key] = {"seq": newest[0], "timestamp": text, **values}
 
     patch: JsonObject = {}
     if cells:
