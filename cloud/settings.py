@@ -66,13 +66,13 @@ class CloudSettings(BaseSettings):
     per group: bigger groups, fewer twin writes per message) ..."""
     mqtt_batch_max_wait_s: float = Field(default=0.05, ge=0.0, le=10.0)
     """... or what arrived within this long after the first one."""
-    mqtt_twin_interval_s: float = Field(default=0.0, ge=0.0, le=60.0)
-    """0: each group commit also merges its telemetry into the twins. More: the consumer keeps
-    the stored telemetry of its groups and merges it into the twins (and the cloud mirror) at
-    most this often, and when it stops: each twin written once per interval instead of once per
-    group, for fleets of many batteries. The rows are stored and acknowledged at each commit as
-    before; the reported state lags by up to the interval, and a consumer that dies loses that
-    much of it until each battery's next message (never a stored row)."""
+    mqtt_twin_interval_s: float = Field(default=1.0, ge=0.0, le=60.0)
+    """The consumer keeps the stored telemetry of its groups and merges it into the twins (and
+    the cloud mirror) at most this often, and when it stops: each twin written once per interval
+    instead of once per group (at 1,000 batteries 11.4k-11.6k msg/s against 8.9k). The rows are
+    stored and acknowledged at each commit as before; the reported state lags by up to the
+    interval. A consumer killed meanwhile leaves twins behind their stored rows: the next one to
+    start merges those rows first. 0: each group commit also merges its telemetry."""
     mqtt_dead_letter_dir: str | None = "./b2l-data/mqtt-dead-letters"
     """Malformed messages go to ``dead-letters.jsonl`` here (None: only counted and logged)."""
     mqtt_dead_letter_max_bytes: int = Field(default=64 * 1024 * 1024, ge=4096)

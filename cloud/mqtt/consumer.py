@@ -274,6 +274,7 @@ class MqttConsumer:
     # ------------------------------------------------------------------ committer
 
     def _commit_loop(self) -> None:
+        self._catch_up_twins()
         while not self._stop.is_set():
             try:
                 group = self._groups.get(timeout=0.1)
@@ -285,6 +286,21 @@ class MqttConsumer:
                 self._write_twins()
         if self._backlog:
             self._write_twins()  # stopping: what was stored reaches the twins
+
+    def _catch_up_twins(self) -> None:
+        """Before the first group: merge into the twins the telemetry stored and not merged yet
+        (a consumer killed within its twin interval). A failure is logged; the consumer goes
+        on, and each twin gets its battery's next message as usual."""
+        try:
+            for backlog in self.ingestion.unmerged_telemetry():
+                self._backlog = backlog
+                self._write_twins()
+                if self._backlog or self._stop.is_set():
+                    break  # the database is away (kept for the first interval), or stopping
+        except Exception as exc:  # the database is away: ingesting matters more
+            log.warning("twins not caught up with the stored telemetry: %s", _short(exc))
+        if self._backlog:  # what could not be written now goes with the first interval
+            self._backlog_since = time.monotonic()
 
     def _write_twins(self) -> None:
         """Merge the telemetry of the groups since the last time into the twins (with

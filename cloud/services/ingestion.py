@@ -55,6 +55,7 @@ from cloud.db.models import (
 from cloud.db.partitions import PartitionManager
 from cloud.errors import BatchRejectedError, NotFoundError, WrongBatteryError
 from cloud.services import reported as reported_state
+from cloud.services import twin_recovery
 from cloud.services.commands import ack_effect, apply_ack
 from cloud.services.mirror import CloudEvent, CloudMirror
 from cloud.services.twins import ReportedSide, lock_reported, merge_reported, store_reported
@@ -329,6 +330,18 @@ class IngestionService:
             store_reported(session, sides, moment)
             _write_cloud_events(session, raised, moment)
         return len(sides)
+
+    def unmerged_telemetry(self) -> Iterator[TwinBacklog]:
+        """Stored telemetry newer than what the twins show (a consumer killed before its twin
+        interval ended leaves some), read back some batteries at a time: a backlog for
+        ``update_twins`` each (``cloud.services.twin_recovery``)."""
+        with self.db.read() as session:
+            twins = twin_recovery.shown_seqs(session)
+        for part in twin_recovery.passes(twins):
+            with self.db.read() as session:
+                backlog = twin_recovery.unmerged_telemetry(session, part)
+            if backlog:
+                yield backlog
 
     def check(self, batch: UplinkBatch, device_battery_id: str | None = None) -> CheckedBatch:
         """Refuse a batch that cannot be stored, before any write: WrongBatteryError (another

@@ -248,6 +248,46 @@ def test_deferred_telemetry_reaches_the_twins_that_still_exist(db: Database) -> 
         assert session.get(TwinRow, "D-1").reported["seq"] == 3  # type: ignore[union-attr]
 
 
+def test_telemetry_the_twins_missed_is_read_back_as_sent_and_merged_as_usual(db: Database) -> None:
+    """Telemetry stored with deferred twin writes whose backlog is lost (a consumer killed):
+    ``unmerged_telemetry`` reads back exactly the records newer than each twin shows, rebuilt
+    as they were sent, and merging them leaves the twin and its mirror as if written at once."""
+    for battery_id in ("L-1", "R-1"):
+        register(db, battery_id, cell_parameters=simple_cell())
+    service = IngestionService(db, _settings(mirror_period_s=0.0))
+
+    def records(seqs: range, battery_id: str) -> UplinkBatch:
+        sent = [telemetry(s, pillar2=s % 2 == 0) for s in seqs]
+        sent[-1]["packs"][0].update(state="fault", faults=["over_temp"])
+        sent[-1]["pillar2"] = [
+            {"cell_id": 3, "soc": 0.4, "soh": 0.9, "sos": 0.9, "equivalent_cycles": 7.0,
+             "voltage_v": 3.3, "temperature_c": 31.0},
+        ]  # fmt: skip
+        return batch(sent, battery_id)
+
+    service.ingest(records(range(1, 3), "L-1"))  # merged at once: the twin shows seq 2
+    lost: dict[str, list[TelemetryRecord]] = {}
+    later = [service.check(records(range(s, s + 2), "L-1")) for s in (3, 5)]
+    service.ingest_checked(later, deferred=lost)  # stored; the backlog dies with its consumer
+    assert stored_seqs(db, "L-1") == [1, 2, 3, 4, 5, 6]
+
+    register(db, "H-1")  # a twin showing a seq past 2**31 (a 64-bit seq)
+    service.ingest(batch([telemetry(2**40, ts=T0)], "H-1"))
+    read_back = list(service.unmerged_telemetry())
+    assert read_back == [lost]  # seqs 3-6 only, each as it was sent (cells, packs, faults)
+    assert list(read_back[0]["L-1"][-1].pillar2.cell_ids) == [3]
+    assert service.update_twins(read_back[0]) == 1
+    assert list(service.unmerged_telemetry()) == []  # caught up
+
+    for seqs in (range(1, 3), range(3, 5), range(5, 7)):
+        service.ingest(records(seqs, "R-1"))
+    with db.read() as session:
+        caught_up, reference = (session.get(TwinRow, b) for b in ("L-1", "R-1"))
+        assert caught_up is not None and reference is not None
+        assert caught_up.reported == reference.reported
+        assert caught_up.estimator_state == reference.estimator_state is not None
+
+
 def test_a_retried_batch_is_stored_once(db: Database, ingestion: IngestionService) -> None:
     first = ingestion.ingest(telemetry_batch([1, 2, 3]))
     again = ingestion.ingest(telemetry_batch([1, 2, 3]))

@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 
 from cloud.db.engine import Database
 from cloud.db.migrate import upgrade
-from cloud.db.models import CellPillar1Row, IngestedRecordRow
+from cloud.db.models import CellPillar1Row, IngestedRecordRow, TwinRow
 from cloud.services.batteries import BatteryService
 from hil.b2l_process import b2l_argv, throwaway_cloud_env
 from hil.services import LOOPBACK, MosquittoServer, find_free_port, wait_for_port
@@ -186,18 +186,15 @@ def test_http_ingestion_survives_a_cloud_kill_9(
         server.stop()
 
 
-def test_the_mqtt_consumer_survives_a_kill_9(
-    database: Database,
-    pg_database: Any,
-    make_mosquitto_server: Callable[..., MosquittoServer],
-    mqtt_client_factory: Callable[..., Any],
-    tmp_path: Path,
-) -> None:
-    broker = make_mosquitto_server()
-    env = throwaway_cloud_env(pg_database.url)
-    env.update(
+def mqtt_consumer(
+    broker: MosquittoServer, database_url: str, tmp_path: Path, **env: str
+) -> CloudProcess:
+    """``b2l cloud mqtt`` on ``broker`` (not started), small groups, settings from ``env``."""
+    environment = throwaway_cloud_env(database_url)
+    environment.update(
         B2L_MQTT_BATCH_MAX_WAIT_S="0.01",
         B2L_MQTT_DEAD_LETTER_DIR=str(tmp_path / "dead"),
+        **env,
     )
     argv = b2l_argv(
         "cloud",
@@ -208,17 +205,47 @@ def test_the_mqtt_consumer_survives_a_kill_9(
         "cloud-kill9",
         "--no-commands",
     )
-    consumer = CloudProcess(argv, env, tmp_path / "mqtt.log")
+    return CloudProcess(argv, environment, tmp_path / "mqtt.log")
+
+
+def subscribed_probe(
+    broker: MosquittoServer,
+    mqtt_client_factory: Callable[..., Any],
+    database: Database,
+    consumer: CloudProcess,
+) -> Any:
+    """A connected client, once the consumer's shared subscription is there (seq 1, published
+    until it is stored)."""
+    probe = mqtt_client_factory(broker)
+    assert not probe.connect().is_failure
+    deadline = time.monotonic() + 30
+    while stored(database)[0] != [1]:
+        assert time.monotonic() < deadline, consumer.tail()
+        probe.publish(f"b2l/v1/{BATTERY}/telemetry", batch_json(range(1, 2)))
+        time.sleep(0.3)
+    return probe
+
+
+def twin_seq(database: Database) -> Any:
+    """The newest telemetry seq the battery's twin shows (None: none yet)."""
+    with database.read() as session:
+        twin = session.get(TwinRow, BATTERY)
+        assert twin is not None
+        return twin.reported.get("seq")
+
+
+def test_the_mqtt_consumer_survives_a_kill_9(
+    database: Database,
+    pg_database: Any,
+    make_mosquitto_server: Callable[..., MosquittoServer],
+    mqtt_client_factory: Callable[..., Any],
+    tmp_path: Path,
+) -> None:
+    broker = make_mosquitto_server()
+    consumer = mqtt_consumer(broker, pg_database.url, tmp_path)
     consumer.start()
     try:
-        probe = mqtt_client_factory(broker)
-        assert not probe.connect().is_failure
-        # wait until the consumer's shared subscription is there (a probe gets stored)
-        deadline = time.monotonic() + 30
-        while stored(database)[0] != [1]:
-            assert time.monotonic() < deadline, consumer.tail()
-            probe.publish(f"b2l/v1/{BATTERY}/telemetry", batch_json(range(1, 2)))
-            time.sleep(0.3)
+        probe = subscribed_probe(broker, mqtt_client_factory, database, consumer)
         n = 600
         for seq in range(2, n + 1):  # QoS 1, the broker PUBACKs each one
             info = probe.client.publish(
@@ -234,5 +261,34 @@ def test_the_mqtt_consumer_survives_a_kill_9(
         seqs, rows = stored(database)
         assert seqs == list(range(1, n + 1))
         assert set(rows.values()) == {N_CELLS}  # exactly once
+    finally:
+        consumer.stop()
+
+
+def test_a_restarted_consumer_writes_the_twins_its_killed_predecessor_had_not(
+    database: Database,
+    pg_database: Any,
+    make_mosquitto_server: Callable[..., MosquittoServer],
+    mqtt_client_factory: Callable[..., Any],
+    tmp_path: Path,
+) -> None:
+    """With a twin interval far longer than the test, the consumer stores and acknowledges
+    every message but has written no twin when it is killed -9; started again, it merges the
+    stored telemetry into the twin before any new message arrives."""
+    broker = make_mosquitto_server()
+    consumer = mqtt_consumer(broker, pg_database.url, tmp_path, B2L_MQTT_TWIN_INTERVAL_S="60")
+    consumer.start()
+    try:
+        probe = subscribed_probe(broker, mqtt_client_factory, database, consumer)
+        n = 40
+        for seq in range(2, n + 1):
+            body = batch_json(range(seq, seq + 1))
+            assert probe.client.publish(f"b2l/v1/{BATTERY}/telemetry", body, qos=1).rc == 0
+        wait_until(lambda: len(stored(database)[0]) == n, 30, f"{n} stored: {consumer.tail()}")
+        assert twin_seq(database) is None  # deferred: nothing written yet
+        consumer.kill()
+        assert twin_seq(database) is None  # and the backlog died with it
+        consumer.start()
+        wait_until(lambda: twin_seq(database) == n, 30, f"the twin caught up: {consumer.tail()}")
     finally:
         consumer.stop()
