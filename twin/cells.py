@@ -228,8 +228,8 @@ def empty(cell_model: type[M]) -> CellGroup[M]:
 
 
 def form_errors(errors: Sequence[ErrorDetails]) -> list[ErrorDetails]:
-    """Validation errors without the noise of the form not sent: a group is tried as cells,
-    then as columns, and pydantic reports why each failed; the other form's "not a list" or
+    """Validation errors without the noise of the form not sent: a group is tried as columns,
+    then as cells, and pydantic reports why each failed; the other form's "not a list" or
     "not an object" is dropped, or both become one error when the input was neither."""
     kept: list[ErrorDetails] = []
     wrong_form: dict[tuple[int | str, ...], ErrorDetails] = {}

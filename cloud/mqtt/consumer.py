@@ -165,6 +165,9 @@ class MqttConsumer:
     """Decodes, stores and acknowledges uplink messages (see the module docstring).
 
     ``ack(messages)`` sends the PUBACKs (the service drops those of an older connection).
+    ``twin_interval_s``: 0 here merges telemetry into the twins at each group commit; the
+    service passes ``B2L_MQTT_TWIN_INTERVAL_S`` (1 s by default). Either way, the stored
+    telemetry the twins have not merged yet is merged before the first group.
     """
 
     def __init__(
