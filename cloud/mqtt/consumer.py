@@ -299,11 +299,9 @@ class MqttConsumer:
                 self._backlog = backlog
                 self._write_twins()
                 if self._backlog or self._stop.is_set():
-                    break  # the database is away (kept for the first interval), or stopping
+                    break  # the database is away (_write_twins keeps it for the interval)
         except Exception as exc:  # the database is away: ingesting matters more
             log.warning("twins not caught up with the stored telemetry: %s", _short(exc))
-        if self._backlog:  # what could not be written now goes with the first interval
-            self._backlog_since = time.monotonic()
 
     def _write_twins(self) -> None:
         """Merge the telemetry of the groups since the last time into the twins (with

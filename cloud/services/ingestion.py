@@ -319,6 +319,7 @@ class IngestionService:
         if not backlog:
             return 0
         moment = resolve_now(now)
+        self.prefetch(backlog.keys())  # a fleet's batteries read in one query, not one by one
         with self.db.write() as session:
             sides = lock_reported(session, backlog.keys(), missing_ok=True)
             raised: list[tuple[str, CloudEvent]] = []

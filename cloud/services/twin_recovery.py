@@ -9,16 +9,19 @@ Merging is idempotent (cells keep the newest seq, the mirror skips what it has s
 back records that a running consumer will also merge does no harm.
 
 Records are rebuilt from their rows: Pillar 1 and Pillar 2 cells, the edge's estimates and the
-packs, with the values stored (cells in cell-id order).
+packs, with the values stored (cells in cell-id order). A battery whose rows no longer make a
+valid record is logged and left out; the others are read back all the same.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import BigInteger, cast, select
 from sqlalchemy.orm import Session
 
@@ -39,6 +42,8 @@ from twin.measurements import (
     Pillar2CellData,
 )
 from twin.uplink import TelemetryRecord
+
+log = logging.getLogger(__name__)
 
 LIMIT_PER_BATTERY = 120
 """Newest records read back per battery: two minutes of 1 Hz telemetry, twice the longest twin
@@ -77,9 +82,12 @@ def unmerged_telemetry(
             .order_by(IngestedRecordRow.seq.desc())
             .limit(limit_per_battery)
         ).all()
-        if keys:
-            stamps = {seq: ts for seq, ts in keys}
-            backlog[battery_id] = list(_records(session, battery_id, stamps))
+        if not keys:
+            continue
+        try:
+            backlog[battery_id] = list(_records(session, battery_id, dict(keys)))
+        except ValidationError as exc:  # rows no longer valid (written by hand, say): skipped
+            log.error("telemetry of %s not read back: %s", battery_id, str(exc).splitlines()[0])
     return backlog
 
 

@@ -251,7 +251,8 @@ def test_deferred_telemetry_reaches_the_twins_that_still_exist(db: Database) -> 
 def test_telemetry_the_twins_missed_is_read_back_as_sent_and_merged_as_usual(db: Database) -> None:
     """Telemetry stored with deferred twin writes whose backlog is lost (a consumer killed):
     ``unmerged_telemetry`` reads back exactly the records newer than each twin shows, rebuilt
-    as they were sent, and merging them leaves the twin and its mirror as if written at once."""
+    as they were sent, and merging them leaves the twin and its mirror as if written at once.
+    A battery whose stored rows no longer make a valid record is left out, not the others."""
     for battery_id in ("L-1", "R-1"):
         register(db, battery_id, cell_parameters=simple_cell())
     service = IngestionService(db, _settings(mirror_period_s=0.0))
@@ -273,6 +274,10 @@ def test_telemetry_the_twins_missed_is_read_back_as_sent_and_merged_as_usual(db:
 
     register(db, "H-1")  # a twin showing a seq past 2**31 (a 64-bit seq)
     service.ingest(batch([telemetry(2**40, ts=T0)], "H-1"))
+    register(db, "X-1")  # rows changed by hand into ones no record may hold: left out, logged
+    service.ingest_checked([service.check(telemetry_batch([1, 2], "X-1"))], deferred={})
+    with db.write() as session:
+        session.execute(text("UPDATE cell_pillar1 SET voltage_v = 50 WHERE battery_id = 'X-1'"))
     read_back = list(service.unmerged_telemetry())
     assert read_back == [lost]  # seqs 3-6 only, each as it was sent (cells, packs, faults)
     assert list(read_back[0]["L-1"][-1].pillar2.cell_ids) == [3]
